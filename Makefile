@@ -1,0 +1,42 @@
+# One-command set-up and use on a fresh Debian/Ubuntu machine (run as root), quick when already set up.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := jackd2 libfluidsynth3 timgm6mb-soundfont
+ARGS ?=
+
+.PHONY: run test system venv bench lint clean
+
+# The system packages: JACK for MIDI ports, FluidSynth for audio, a small General MIDI soundfont.
+system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# torch is pinned to 2.13.0 so that the local CPU build is used and nothing else is downloaded.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: system venv
+	$(VENV)/bin/musebot serve $(ARGS)
+
+test: system venv
+	$(PY) -m pytest -q $(ARGS)
+
+bench: system venv
+	$(PY) -m musebot.bench tokenize
+
+lint: venv
+	$(VENV)/bin/ruff check musebot tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from musebot.cli import main
+
+sys.exit(main())
