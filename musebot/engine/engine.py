@@ -1,0 +1,532 @@
+"""The inference engine: a SkyTNT two-level model (ONNX pair) with event-level KV cache, rollback and branches.
+
+Runs the two graphs of shared/spec/skytnt-format.md section 4.1 with ONNX Runtime and numpy only (no torch):
+``model_base.onnx`` turns event rows into hidden states and grows the event-level KV cache; ``model_token.onnx``
+turns the last hidden state into the 8 tokens of the next event with its own small cache (the generation loop
+of spec section 3.3). Layer, head and head-size counts are read from the graphs' inputs, so graphs made by
+SkyTNT's own ``export.py`` run too.
+
+State is explicit: ``n_events`` rows have been appended (their ids are kept in a history), the cache covers a
+context window of them, and ``rollback(n)`` returns to any earlier count. When the context would pass
+``window`` events the oldest are dropped (the BOS row is kept) and the rest re-prefilled (spec section 5: the
+reference keeps the last 4096 events). A batch of ``branches`` shares one prompt: each branch is a row of the
+graphs' batch dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from musebot.engine.masks import MaskTable, time2_of
+from musebot.engine.sampling import Rng, SamplerSettings, choose, draw_uniform, filtered_probabilities
+from musebot.tokenizers.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+BASE_GRAPH, TOKEN_GRAPH, CONFIG_FILE = "model_base.onnx", "model_token.onnx", "config.json"
+FP16_FOLDER = "fp16"  # an fp16 export (same file names) in this subfolder is preferred on CUDA
+DEFAULT_WINDOW = 4096  # the reference's context limit (spec 3.1 max_position_embeddings, 5 checklist)
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder that cannot be used (missing files, graphs that do not look like the SkyTNT pair)."""
+
+
+class EngineStateError(RuntimeError):
+    """An engine call out of order (sampling before any row was appended, rolling forward...)."""
+
+
+@dataclass(frozen=True)
+class GraphShape:
+    """KV layout of one graph, read from its ``past_key_values.{i}.key`` inputs."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    dtype: type
+
+    @classmethod
+    def of(cls, session: ort.InferenceSession, fallback: dict[str, Any]) -> GraphShape:
+        past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
+        if not past:
+            raise ModelLoadError(
+                "graph has no past_key_values inputs: it is an old export without KV cache; re-export it "
+                "with `musebot export` (or SkyTNT's export.py after Oct 2024)"
+            )
+        shape = past[0].shape
+        # Static in every export we know; a symbolic axis falls back to the Llama config.
+        heads = shape[1] if isinstance(shape[1], int) else fallback["num_attention_heads"]
+        head_dim = shape[3] if isinstance(shape[3], int) else (
+            fallback.get("head_dim") or fallback["hidden_size"] // fallback["num_attention_heads"]
+        )
+        return cls(len(past), heads, head_dim, _DTYPES.get(past[0].type, np.float32))
+
+    def names(self, prefix: str) -> list[str]:
+        return [f"{prefix}.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+
+
+class _CpuRunner:
+    """Runs the graphs with numpy in and out; the cache is a list of numpy arrays (the graphs' own outputs)."""
+
+    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any]) -> None:
+        self.base, self.token = base, token
+        self.base_shape = GraphShape.of(base, config.get("net_config", {}))
+        self.token_shape = GraphShape.of(token, config.get("net_token_config", {}))
+        self.base_past_names = self.base_shape.names("past_key_values")
+        self.token_past_names = self.token_shape.names("past_key_values")
+        self.base_out = ["hidden"] + self.base_shape.names("present")
+        self.token_out = ["y"] + self.token_shape.names("present")
+        self.ort_seconds = 0.0  # time spent inside session runs, for the engine-overhead figure
+        self.ort_calls = 0
+
+    def empty(self, shape: GraphShape, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, shape.heads, 0, shape.head_dim), shape.dtype)] * (2 * shape.layers)
+
+    def run_base(self, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
+        feeds = dict(zip(self.base_past_names, past))
+        feeds["x"] = x
+        start = time.perf_counter()
+        out = self.base.run(self.base_out, feeds)
+        self.ort_seconds += time.perf_counter() - start
+        self.ort_calls += 1
+        return out[0], out[1:]
+
+    def run_token(self, hidden: np.ndarray, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
+        feeds = dict(zip(self.token_past_names, past))
+        feeds["hidden"] = hidden.astype(self.token_shape.dtype, copy=False)
+        feeds["x"] = x
+        start = time.perf_counter()
+        out = self.token.run(self.token_out, feeds)
+        self.ort_seconds += time.perf_counter() - start
+        self.ort_calls += 1
+        return out[0], out[1:]
+
+    # Cache surgery (rare: rollback, branching) goes through numpy on every backend.
+    def to_numpy(self, past: list) -> list[np.ndarray]:
+        return past
+
+    def from_numpy(self, arrays: list[np.ndarray]) -> list:
+        return [np.ascontiguousarray(a) for a in arrays]
+
+
+class _CudaRunner(_CpuRunner):
+    """IO binding with the KV caches left on the GPU as OrtValues; only ids go up and hidden/logits come down."""
+
+    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any]) -> None:
+        super().__init__(base, token, config)
+        self.device_id = 0
+
+    def _ort(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device_id)
+
+    def empty(self, shape: GraphShape, batch: int) -> list:
+        return [
+            ort.OrtValue.ortvalue_from_shape_and_type(
+                (batch, shape.heads, 0, shape.head_dim), shape.dtype, "cuda", self.device_id
+            )
+            for _ in range(2 * shape.layers)
+        ]
+
+    def _run(self, session: ort.InferenceSession, cpu_inputs: dict, past_names: list, past: list,
+             outputs: list[str]) -> tuple[np.ndarray, list]:
+        binding = session.io_binding()
+        for name, value in cpu_inputs.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in zip(past_names, past):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(outputs[0], "cpu")
+        for name in outputs[1:]:
+            binding.bind_output(name, "cuda", self.device_id)
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        first = values[0].numpy()
+        self.ort_seconds += time.perf_counter() - start
+        self.ort_calls += 1
+        return first, list(values[1:])
+
+    def run_base(self, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
+        return self._run(self.base, {"x": x}, self.base_past_names, past, self.base_out)
+
+    def run_token(self, hidden: np.ndarray, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
+        hidden = np.ascontiguousarray(hidden, dtype=self.token_shape.dtype)
+        return self._run(self.token, {"hidden": hidden, "x": x}, self.token_past_names, past, self.token_out)
+
+    def to_numpy(self, past: list) -> list[np.ndarray]:
+        return [v.numpy() for v in past]
+
+    def from_numpy(self, arrays: list[np.ndarray]) -> list:
+        return [self._ort(a) for a in arrays]
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads burn the cores the MIDI and audio threads need; sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def resolve_model_dir(model_dir: str | Path) -> tuple[Path, Path]:
+    """(folder with config.json, folder with the two graphs): the graphs may sit in an ``onnx/`` subfolder."""
+    root = Path(model_dir)
+    if not (root / CONFIG_FILE).is_file():
+        raise ModelLoadError(f"{root}: no {CONFIG_FILE} here; point --model at an exported model folder")
+    for graphs in (root, root / "onnx"):
+        if (graphs / BASE_GRAPH).is_file() and (graphs / TOKEN_GRAPH).is_file():
+            return root, graphs
+    raise ModelLoadError(
+        f"{root}: no {BASE_GRAPH} and {TOKEN_GRAPH}; export the checkpoint to ONNX first (musebot export)"
+    )
+
+
+class Engine:
+    """Event-level generation with a KV cache over ``branches`` parallel continuations.
+
+    Typical use::
+
+        engine = Engine.load("model/")
+        engine.append(prompt_rows)                  # prefill (n, 8) ids
+        for _ in range(100):
+            row = engine.step(SamplerSettings(), masks, rng)[0]   # sample one event and append it
+        engine.rollback(len(prompt_rows))           # forget the continuation, keep the prompt cached
+    """
+
+    def __init__(
+        self,
+        runner: _CpuRunner,
+        config: dict[str, Any],
+        window: int | None = None,
+        provider: str = "cpu",
+    ) -> None:
+        if "tokenizer" not in config:
+            raise ModelLoadError("config.json has no 'tokenizer' entry: not a SkyTNT midi-model config")
+        self.config = config
+        self.provider = provider
+        self.vocab = Vocabulary.for_version(config["tokenizer"].get("version", "v2"))
+        self.runner = runner
+        max_positions = int(config.get("net_config", {}).get("max_position_embeddings", DEFAULT_WINDOW))
+        self.window = int(window or max_positions)
+        if self.window < 2:
+            raise ValueError(f"window must hold at least 2 events, got {self.window}")
+        self.batch = 1
+        self._rows = np.zeros((1, 0, 8), np.int64)  # every appended row, per branch
+        self._hidden = np.zeros((1, 0, 0), np.float32)  # base output for each row of the history
+        self._past: list = runner.empty(runner.base_shape, 1)
+        self._ctx_start = 0  # history index where the cached context starts (after the pinned BOS row)
+        self._pinned = False  # whether history row 0 (BOS) is kept in front of a slid window
+        self.last_logits: np.ndarray | None = None
+        self._default_masks: MaskTable | None = None
+
+    # ---- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        provider: str = "auto",
+        threads: int = 1,
+        window: int | None = None,
+    ) -> Engine:
+        """Open ``model_dir`` (config.json + model_base.onnx + model_token.onnx, or those in ``onnx/``).
+
+        ``provider``: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it). ``threads``: CPU intra-op
+        threads (1 by default: a real-time process wants a predictable, single busy core).
+        """
+        root, graphs = resolve_model_dir(model_dir)
+        try:
+            config = json.loads((root / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{root / CONFIG_FILE}: cannot read it ({exc})") from exc
+        available = ort.get_available_providers()
+        if provider == "auto":
+            provider = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        if provider not in ("cpu", "cuda"):
+            raise ValueError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
+        if provider == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ModelLoadError("provider 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider")
+        options = _session_options(threads)
+        base_path, token_path = graphs / BASE_GRAPH, graphs / TOKEN_GRAPH
+        providers = ["CPUExecutionProvider"]
+        if provider == "cuda":
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            # Half precision halves the cache traffic; the graphs' own input types tell the runner the dtype.
+            fp16 = graphs / FP16_FOLDER
+            if (fp16 / BASE_GRAPH).is_file() and (fp16 / TOKEN_GRAPH).is_file():
+                base_path, token_path = fp16 / BASE_GRAPH, fp16 / TOKEN_GRAPH
+        try:
+            base = ort.InferenceSession(str(base_path), options, providers=providers)
+            token = ort.InferenceSession(str(token_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception family
+            raise ModelLoadError(f"{graphs}: onnxruntime cannot load the graphs ({exc})") from exc
+        runner_class = _CudaRunner if provider == "cuda" else _CpuRunner
+        return cls(runner_class(base, token, config), config, window=window, provider=provider)
+
+    # ---- state ----------------------------------------------------------------------------------------
+    @property
+    def n_events(self) -> int:
+        """Rows appended so far (per branch), including those the window has slid past."""
+        return self._rows.shape[1]
+
+    @property
+    def context_length(self) -> int:
+        """Rows currently in the KV cache."""
+        return int(self._pinned) + self.n_events - self._ctx_start
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every appended row, ``(branches, n_events, 8)`` int64 (a copy)."""
+        return self._rows.copy()
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """The event model's output at the last row, ``(branches, hidden_size)``: what the next event samples from."""
+        if self.n_events == 0:
+            raise EngineStateError("no row appended yet: append a prompt (at least the BOS row) first")
+        return self._hidden[:, -1].astype(np.float32)
+
+    def reset(self) -> None:
+        """Forget everything (one branch, empty cache)."""
+        self.batch = 1
+        self._rows = np.zeros((1, 0, 8), np.int64)
+        self._hidden = np.zeros((1, 0, 0), np.float32)
+        self._past = self.runner.empty(self.runner.base_shape, 1)
+        self._ctx_start, self._pinned = 0, False
+
+    # ---- event model ----------------------------------------------------------------------------------
+    def _check_rows(self, rows: np.ndarray | Sequence) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.ndim == 2:
+            rows = np.broadcast_to(rows[None], (self.batch, *rows.shape))
+        if rows.ndim != 3 or rows.shape[0] != self.batch or rows.shape[1] == 0:
+            raise ValueError(
+                f"rows must be (n, 8) or (branches={self.batch}, n, 8) with n >= 1, got shape {rows.shape}"
+            )
+        if not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"rows must hold integer token ids, got dtype {rows.dtype}")
+        width = rows.shape[2]
+        if width > 8:
+            raise ValueError(f"rows have {width} tokens; an event row has at most 8")
+        if rows.min() < 0 or rows.max() >= self.vocab.vocab_size:
+            raise ValueError(f"token ids must be in 0..{self.vocab.vocab_size - 1} for this model's vocabulary")
+        out = np.full((self.batch, rows.shape[1], 8), self.vocab.pad_id, np.int64)
+        out[:, :, :width] = rows
+        return out
+
+    def append(self, rows: np.ndarray | Sequence) -> np.ndarray:
+        """Feed rows to the event model: a whole prompt (prefill) or one new event; returns the last hidden state.
+
+        ``rows`` is ``(n, 8)`` (the same rows for every branch) or ``(branches, n, 8)``; shorter rows are padded.
+        Returns ``(branches, hidden_size)`` float32. Slides the window when the context would pass it.
+        """
+        rows = self._check_rows(rows)
+        n_before = self.n_events
+        self._rows = np.concatenate([self._rows, rows], axis=1)
+        if self.context_length > self.window:
+            self._refill(self.n_events)
+        else:
+            hidden, self._past = self.runner.run_base(rows, self._past)
+            self._store_hidden(n_before, hidden)
+        return self.hidden
+
+    def _store_hidden(self, start: int, hidden: np.ndarray) -> None:
+        """Keep base outputs for history rows ``start..start+len``, so rollback needs no recompute."""
+        end = start + hidden.shape[1]
+        if self._hidden.shape[2] != hidden.shape[2] or self._hidden.shape[0] != self.batch:
+            self._hidden = np.zeros((self.batch, 0, hidden.shape[2]), hidden.dtype)
+        if self._hidden.shape[1] < end:
+            grow = np.zeros((self.batch, end - self._hidden.shape[1], hidden.shape[2]), hidden.dtype)
+            self._hidden = np.concatenate([self._hidden, grow], axis=1)
+        self._hidden[:, start:end] = hidden
+        self._hidden = self._hidden[:, : self.n_events]
+
+    def _refill(self, n_events: int) -> None:
+        """Rebuild the cache for history ``[:n_events]``: the newest rows that fit, behind a pinned BOS row.
+
+        After a slide the context is cut to three quarters of the window, so the next re-prefill comes a
+        quarter window later instead of on every event.
+        """
+        history = self._rows[:, :n_events]
+        pin = n_events > 0 and bool(np.all(history[:, 0, 0] == self.vocab.bos_id))
+        keep = n_events if n_events <= self.window else max(1, self.window * 3 // 4)
+        start = n_events - keep
+        if start > 0 and pin:
+            start += 1  # the pinned BOS row takes one place of the window
+            context = np.concatenate([history[:, :1], history[:, start:]], axis=1)
+        else:
+            pin = False
+            context = history[:, start:]
+        self._rows = history
+        self._ctx_start, self._pinned = start, pin
+        self._past = self.runner.empty(self.runner.base_shape, self.batch)
+        if n_events == 0:
+            return
+        log.debug("context refill: %d events from history row %d (BOS pinned: %s)", context.shape[1], start, pin)
+        hidden, self._past = self.runner.run_base(context, self._past)
+        self._store_hidden(start, hidden[:, int(pin):])
+
+    def rollback(self, n_events: int) -> None:
+        """Return to the state after the first ``n_events`` rows: later rows leave the history and the cache."""
+        if not 0 <= n_events <= self.n_events:
+            raise EngineStateError(f"cannot roll back to {n_events} events: only {self.n_events} were appended")
+        if n_events == self.n_events:
+            return
+        keep_in_context = n_events - self._ctx_start
+        if n_events > 0 and keep_in_context >= 1 and (self._ctx_start == 0 or self._pinned):
+            length = int(self._pinned) + keep_in_context
+            arrays = self.runner.to_numpy(self._past)
+            self._past = self.runner.from_numpy([a[:, :, :length] for a in arrays])
+            self._rows = self._rows[:, :n_events]
+            self._hidden = self._hidden[:, :n_events]
+        else:
+            # The target is older than the slid context: rebuild the window that ends there.
+            self._refill(n_events)
+
+    # ---- branches -------------------------------------------------------------------------------------
+    def branch(self, n: int) -> None:
+        """Turn the single current state into ``n`` identical branches (the graphs' batch dimension)."""
+        if self.batch != 1:
+            raise EngineStateError(f"already {self.batch} branches: select() one before branching again")
+        if n < 1:
+            raise ValueError(f"branch count must be >= 1, got {n}")
+        self.batch = n
+        self._rows = np.repeat(self._rows, n, axis=0)
+        self._hidden = np.repeat(self._hidden, n, axis=0)
+        arrays = self.runner.to_numpy(self._past)
+        self._past = self.runner.from_numpy([np.repeat(a, n, axis=0) for a in arrays])
+
+    def select(self, index: int) -> None:
+        """Keep only branch ``index`` (e.g. the continuation a listener liked) and drop the others."""
+        if not 0 <= index < self.batch:
+            raise ValueError(f"branch {index} does not exist (have {self.batch})")
+        self.batch = 1
+        self._rows = self._rows[index : index + 1].copy()
+        self._hidden = self._hidden[index : index + 1].copy()
+        arrays = self.runner.to_numpy(self._past)
+        self._past = self.runner.from_numpy([a[index : index + 1] for a in arrays])
+
+    # ---- token model ----------------------------------------------------------------------------------
+    def sample_event(
+        self,
+        settings: SamplerSettings | None = None,
+        masks: MaskTable | None = None,
+        rng: Rng | None = None,
+        keep_logits: bool = False,
+    ) -> np.ndarray:
+        """Sample the next event of every branch: ``(branches, 8)`` int64 ids (not appended; see ``step``).
+
+        Runs the token model once per token with its own cache, stopping as soon as every branch has all the
+        parameters of its event type (spec 3.3: 8 runs for a note, 5 for a tempo change). ``masks`` limits
+        each token to allowed ids (default: the reference's masks); ``rng`` is one Generator or one per branch.
+        With ``keep_logits`` the raw logits of each run are kept in ``last_logits`` ``(branches, runs, V)``.
+        """
+        settings = settings or SamplerSettings()
+        masks = masks or self.default_masks()
+        rng = rng if rng is not None else np.random.default_rng()
+        vocab, batch = self.vocab, self.batch
+        prev_time2 = [time2_of(vocab, r) for r in self._rows[:, -1]] if self.n_events else [0] * batch
+        row = np.full((batch, 8), vocab.pad_id, np.int64)
+        live = np.ones(batch, bool)
+        token_past = self.runner.empty(self.runner.token_shape, batch)
+        states = self.hidden[:, None, :]
+        x = np.zeros((batch, 0), np.int64)
+        kept = []
+        for position in range(8):
+            logits, token_past = self.runner.run_token(states, x, token_past)
+            logits = logits[:, -1]
+            if keep_logits:
+                kept.append(logits.astype(np.float32))
+            live_rows = np.flatnonzero(live)
+            if isinstance(rng, np.random.Generator):
+                u = draw_uniform(rng, len(live_rows))
+            else:
+                u = draw_uniform([rng[b] for b in live_rows], len(live_rows))
+            # Rows sharing one allowed-id array are sampled together (gathering only the allowed columns).
+            groups: dict[int, tuple[np.ndarray, list[int]]] = {}
+            for k, b in enumerate(live_rows):
+                ids = masks.allowed(position, row[b], prev_time2[b])
+                groups.setdefault(id(ids), (ids, []))[1].append(k)
+            for ids, members in groups.values():
+                members_arr = np.array(members)
+                targets = live_rows[members_arr]
+                probs = filtered_probabilities(logits[targets][:, ids], settings)
+                row[targets, position] = ids[choose(probs, u[members_arr])]
+            for b in live_rows:
+                name = vocab.id_events.get(int(row[b, 0]))
+                if name is None or position >= len(vocab.events[name]):
+                    live[b] = False  # eos chosen, or every parameter of the event sampled
+            if not live.any():
+                break
+            states = states[:, :0]
+            x = row[:, position : position + 1]
+        self.last_logits = np.stack(kept, axis=1) if keep_logits else None
+        return row
+
+    def step(
+        self,
+        settings: SamplerSettings | None = None,
+        masks: MaskTable | None = None,
+        rng: Rng | None = None,
+    ) -> np.ndarray:
+        """Sample the next event of every branch and append it; returns ``(branches, 8)``."""
+        row = self.sample_event(settings, masks, rng)
+        self.append(row[:, None, :])
+        return row
+
+    def generate(
+        self,
+        n_events: int,
+        settings: SamplerSettings | None = None,
+        masks: MaskTable | None = None,
+        rng: Rng | None = None,
+        stop_at_eos: bool = True,
+    ) -> np.ndarray:
+        """Sample and append up to ``n_events`` events; returns the new rows ``(branches, k, 8)``.
+
+        Stops early once every branch has produced EOS (the EOS row is included and appended).
+        """
+        rows = []
+        ended = np.zeros(self.batch, bool)
+        for _ in range(n_events):
+            row = self.step(settings, masks, rng)
+            rows.append(row)
+            ended |= row[:, 0] == self.vocab.eos_id
+            if stop_at_eos and ended.all():
+                break
+        if not rows:
+            return np.zeros((self.batch, 0, 8), np.int64)
+        return np.stack(rows, axis=1)
+
+    def default_masks(self) -> MaskTable:
+        """The reference's masks: every event type and eos, full parameter ranges."""
+        if self._default_masks is None:
+            self._default_masks = MaskTable(self.vocab)
+        return self._default_masks
+
+    # ---- uncached references (tests, benchmarks) -----------------------------------------------------
+    def hidden_uncached(self, rows: np.ndarray) -> np.ndarray:
+        """Event-model outputs for all of ``rows`` ``(B, n, 8)`` in one pass with no cache: ``(B, n, H)``."""
+        rows = np.asarray(rows, np.int64)
+        return self.runner.run_base(rows, self.runner.empty(self.runner.base_shape, rows.shape[0]))[0]
+
+    def token_logits_uncached(self, hidden: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Token-model logits for ``[hidden, tokens...]`` in one pass: hidden ``(B, H)``, tokens ``(B, k)``
+        -> ``(B, k + 1, V)`` (teacher forcing, as in training, spec 3.2)."""
+        hidden = np.asarray(hidden)[:, None, :]
+        tokens = np.asarray(tokens, np.int64)
+        empty = self.runner.empty(self.runner.token_shape, hidden.shape[0])
+        return self.runner.run_token(hidden, tokens, empty)[0]

@@ -1,0 +1,135 @@
+"""Token sampling: temperature, top-k, top-p (nucleus), min-p, over the allowed ids only.
+
+Implements the sampling step of shared/spec/skytnt-format.md section 3.3 (``sample_top_p_k``), with one
+deliberate difference: the reference multiplies the softmax by the allowed-id mask and measures top-p against
+that *unnormalised* mass, so when the allowed ids hold less than ``top_p`` of the probability only top-k acts.
+Here the allowed ids are renormalised first (a softmax over the allowed logits), so top-p and min-p always mean
+"of the probability the model gives to what may be played". No checkpoint depends on the quirk: it only changes
+which tail tokens survive the filters.
+
+Everything is vectorised over a batch of rows; nothing loops over the vocabulary. One uniform number is drawn per
+sampled token (inverse-CDF sampling), so a seeded ``numpy.random.Generator`` replays the same choices, and a
+batch drawn with one generator per row equals the rows drawn one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Sampling knobs; defaults are the reference ``generate`` defaults (temp 1.0, top-p 0.98, top-k 20).
+
+    ``temperature`` 0 means greedy (argmax); ``top_k`` 0 and ``top_p`` 1 and ``min_p`` 0 switch a filter off.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 0.98
+    top_k: int = 20
+    min_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+
+
+Rng = np.random.Generator | Sequence[np.random.Generator]
+
+
+def filtered_probabilities(
+    logits: np.ndarray, settings: SamplerSettings, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Probabilities after masking, temperature, min-p, top-k and top-p, each row summing to 1.
+
+    ``logits`` is ``(B, n)``; ``allowed`` an optional boolean ``(n,)`` or ``(B, n)`` mask (every row needs at
+    least one allowed id). Returns ``(B, n)`` float64 with disallowed and filtered entries at exactly 0.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (batch, n), got shape {logits.shape}")
+    if allowed is not None:
+        allowed = np.broadcast_to(np.asarray(allowed, dtype=bool), logits.shape)
+        if not allowed.any(axis=1).all():
+            raise ValueError("a row has no allowed token: the constraints exclude everything")
+        logits = np.where(allowed, logits, -np.inf)
+    if settings.temperature == 0:
+        probs = np.zeros_like(logits)
+        probs[np.arange(len(logits)), np.argmax(logits, axis=1)] = 1.0
+        return probs
+    scaled = logits / settings.temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    probs = np.exp(scaled)  # exp(-inf) = 0: masked ids drop out before normalising
+    probs /= probs.sum(axis=1, keepdims=True)
+
+    if settings.min_p > 0:
+        probs[probs < settings.min_p * probs.max(axis=1, keepdims=True)] = 0.0
+    n = probs.shape[1]
+    use_k = 0 < settings.top_k < n
+    if use_k or settings.top_p < 1:
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        keep = sorted_probs > 0
+        if use_k:
+            keep[:, settings.top_k:] = False
+        if settings.top_p < 1:
+            # Keep the smallest prefix whose mass reaches top_p (of the renormalised mass): an entry survives
+            # when the mass before it is still below top_p, so the most likely token always survives.
+            mass = np.where(keep, sorted_probs, 0.0)
+            mass /= mass.sum(axis=1, keepdims=True)
+            before = np.cumsum(mass, axis=1) - mass
+            keep &= before < settings.top_p
+        filtered = np.zeros_like(probs)
+        np.put_along_axis(filtered, order, np.where(keep, sorted_probs, 0.0), axis=1)
+        probs = filtered
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs
+
+
+def draw_uniform(rng: Rng, batch: int) -> np.ndarray:
+    """One uniform number per row: from one generator, or from one generator per row."""
+    if isinstance(rng, np.random.Generator):
+        return rng.random(batch)
+    if len(rng) != batch:
+        raise ValueError(f"got {len(rng)} random generators for a batch of {batch}")
+    return np.array([g.random() for g in rng])
+
+
+def choose(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF choice: for each row of ``probs`` ``(B, n)``, the index where the cumulative mass passes ``u``.
+
+    The result always has a nonzero probability: rounding at the top of the cdf falls back to the last
+    nonzero entry instead of a filtered-out one.
+    """
+    cdf = np.cumsum(probs, axis=1)
+    chosen = (cdf <= u[:, None]).sum(axis=1)
+    last_nonzero = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+    return np.minimum(chosen, last_nonzero).astype(np.int64)
+
+
+def sample(
+    logits: np.ndarray, settings: SamplerSettings, rng: Rng, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Sample one index per row of ``logits`` ``(B, n)``; returns ``(B,)`` int64 indices into ``n``."""
+    probs = filtered_probabilities(logits, settings, allowed)
+    return choose(probs, draw_uniform(rng, len(probs)))
+
+
+def sample_ids(
+    logits: np.ndarray, ids: np.ndarray, settings: SamplerSettings, rng: Rng
+) -> np.ndarray:
+    """Sample among the vocabulary ``ids`` only (a sorted int array) from full-vocabulary ``logits`` (B, V).
+
+    Gathering the allowed columns first keeps the per-token cost proportional to the allowed set (7 event
+    types, 16 positions in a beat...) rather than to the whole vocabulary. Returns ``(B,)`` vocabulary ids.
+    """
+    return ids[sample(logits[:, ids], settings, rng)]
