@@ -14,6 +14,7 @@ import sys
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
     "musebot.tokenizers.cli",
+    "musebot.export.cli",
     "musebot.data.cli",
 ]
 
