@@ -1,0 +1,322 @@
+"""The ONNX Runtime engine on a real exported model (the tiny reference checkpoint sky_shared).
+
+Specifications: the cache never changes what the model says (cached = uncached logits), rolling back is as
+good as starting over, the window slides past its limit, a seed replays a performance, branches are
+independent continuations of one prompt, and constraints hold on every event the engine plays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from musebot.engine import (
+    ConstraintError,
+    Constraints,
+    Engine,
+    EngineStateError,
+    MaskTable,
+    ModelLoadError,
+    SamplerSettings,
+)
+from musebot.engine.masks import DRUM_CHANNEL, time2_of
+
+TOL = 1e-4
+NO_EOS = Constraints(allow_eos=False)
+WIDE = SamplerSettings(temperature=1.3, top_p=1.0, top_k=0)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, reference_dir) -> Path:
+    from musebot.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("sky_shared_onnx")
+    export_onnx(reference_dir / "sky_shared", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference(reference_dir) -> dict:
+    with gzip.open(reference_dir / "sky_shared_ref.json.gz", "rt") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def prompt(reference) -> np.ndarray:
+    return np.array(reference["prompt"][:64], np.int64)
+
+
+@pytest.fixture(scope="session")
+def engine(model_dir) -> Engine:
+    return Engine.load(model_dir, provider="cpu")
+
+
+@pytest.fixture
+def fresh(engine, prompt) -> Engine:
+    """The shared engine holding exactly the 64-event prompt."""
+    engine.reset()
+    engine.append(prompt)
+    return engine
+
+
+def test_engine_matches_the_reference_model_numbers(engine, reference):
+    # Hidden state and token logits computed by SkyTNT's own code on the same checkpoint (tests/data/reference).
+    engine.reset()
+    hidden = engine.append(np.array(reference["prompt"]))
+    np.testing.assert_allclose(hidden[0], reference["hidden_last"], atol=TOL)
+    tokens = np.array(reference["next_event"])[None, :7]
+    logits = engine.token_logits_uncached(hidden, tokens)
+    np.testing.assert_allclose(logits[0], reference["logits"], atol=TOL)
+
+
+def test_cached_and_uncached_logits_agree_over_prompt_and_64_generated_events(fresh, prompt):
+    rng = np.random.default_rng(3)
+    masks = MaskTable(fresh.vocab, NO_EOS)
+    cached_hidden, cached_logits, rows = [fresh.hidden], [], []
+    for _ in range(64):
+        row = fresh.sample_event(WIDE, masks, rng, keep_logits=True)
+        cached_logits.append(fresh.last_logits[0])
+        rows.append(row[0])
+        cached_hidden.append(fresh.append(row[:, None]))
+    everything = np.concatenate([prompt, np.array(rows)])[None]
+    uncached_hidden = fresh.hidden_uncached(everything)[0]
+    np.testing.assert_allclose(np.concatenate(cached_hidden), uncached_hidden[63:], atol=TOL)
+    for i, (row, logits) in enumerate(zip(rows, cached_logits)):
+        runs = logits.shape[0]  # token-model runs the event needed (8 for a note)
+        expected = fresh.token_logits_uncached(uncached_hidden[63 + i][None], row[None, : runs - 1])[0]
+        np.testing.assert_allclose(logits, expected, atol=TOL)
+
+
+def test_rollback_then_append_equals_a_fresh_prefill(fresh, prompt, model_dir):
+    fresh.generate(20, WIDE, MaskTable(fresh.vocab, NO_EOS), np.random.default_rng(0))
+    assert fresh.n_events == 84
+    fresh.rollback(40)
+    assert fresh.n_events == 40 and fresh.context_length == 40
+    other = np.array(prompt[50:60])
+    hidden = fresh.append(other)
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    row = fresh.sample_event(WIDE, None, rng_a, keep_logits=True)
+    logits = fresh.last_logits
+
+    again = Engine.load(model_dir, provider="cpu")
+    expected_hidden = again.append(np.concatenate([prompt[:40], other]))
+    expected_row = again.sample_event(WIDE, None, rng_b, keep_logits=True)
+    np.testing.assert_allclose(hidden, expected_hidden, atol=TOL)
+    np.testing.assert_allclose(logits, again.last_logits, atol=TOL)
+    np.testing.assert_array_equal(row, expected_row)
+    np.testing.assert_array_equal(fresh.rows, again.rows)
+
+
+def test_rollback_refuses_to_go_forward(fresh):
+    with pytest.raises(EngineStateError, match="only 64"):
+        fresh.rollback(65)
+
+
+def test_window_slides_past_its_limit_keeping_bos(model_dir, prompt):
+    small = Engine.load(model_dir, provider="cpu", window=32)
+    small.append(prompt[:20])
+    small.generate(40, WIDE, MaskTable(small.vocab, NO_EOS), np.random.default_rng(1))
+    assert small.n_events == 60
+    assert small.context_length <= 32
+    # The cache now holds BOS + the newest events: its output equals an uncached pass over that context.
+    history = small.rows[0]
+    context = np.concatenate([history[:1], history[60 - (small.context_length - 1):]])
+    assert context[0, 0] == small.vocab.bos_id
+    np.testing.assert_allclose(small.hidden, small.hidden_uncached(context[None])[:, -1], atol=TOL)
+    # Rolling back inside the slid context just shortens the cache.
+    small.rollback(58)
+    np.testing.assert_allclose(small.hidden, small.hidden_uncached(context[None, :-2])[:, -1], atol=TOL)
+    # Going back to before the slide rebuilds the cache from the kept history.
+    small.rollback(25)
+    np.testing.assert_allclose(small.hidden, small.hidden_uncached(history[None, :25])[:, -1], atol=TOL)
+    # And a prompt longer than the window is cut on the way in.
+    small.reset()
+    small.append(np.concatenate([prompt, prompt[1:]]))
+    assert small.n_events == 127 and small.context_length <= 32
+
+
+def test_same_seed_same_events_different_seed_different_events(fresh, prompt):
+    masks = MaskTable(fresh.vocab, NO_EOS)
+    first = fresh.generate(30, WIDE, masks, np.random.default_rng(11))
+    fresh.rollback(len(prompt))
+    second = fresh.generate(30, WIDE, masks, np.random.default_rng(11))
+    fresh.rollback(len(prompt))
+    third = fresh.generate(30, WIDE, masks, np.random.default_rng(12))
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, third)
+
+
+def test_batched_branches_equal_single_branch_runs(fresh, prompt):
+    seeds = (21, 22, 23)
+    masks = MaskTable(fresh.vocab, NO_EOS)
+    singles = []
+    for seed in seeds:
+        fresh.rollback(len(prompt))
+        singles.append(fresh.generate(16, WIDE, masks, np.random.default_rng(seed))[0])
+        single_hidden = fresh.hidden[0]
+    fresh.rollback(len(prompt))
+    fresh.branch(len(seeds))
+    batched = fresh.generate(16, WIDE, masks, [np.random.default_rng(s) for s in seeds])
+    assert batched.shape == (3, 16, 8)
+    for branch, single in enumerate(singles):
+        np.testing.assert_array_equal(batched[branch], single)
+    np.testing.assert_allclose(fresh.hidden[2], single_hidden, atol=TOL)
+    # Keeping one branch gives back a single-branch engine holding that continuation.
+    fresh.select(1)
+    assert fresh.batch == 1
+    np.testing.assert_array_equal(fresh.rows[0, len(prompt):], singles[1])
+
+
+def _obeys(vocab, c: Constraints, row: np.ndarray, prev_time2: int) -> str | None:
+    """Check a sampled row against the constraints directly from their meaning; returns what broke."""
+    if row[0] == vocab.eos_id:
+        return None if c.allow_eos else "eos"
+    event = vocab.row_to_event(row)
+    if event is None:
+        return f"malformed row {row}"
+    name, values = event[0], dict(zip(vocab.events[event[0]], event[1:]))
+    if c.event_types is not None and name not in c.event_types:
+        return f"event type {name}"
+    if "channel" in values and c.channels is not None and values["channel"] not in c.channels:
+        return f"channel {values['channel']}"
+    if c.tracks is not None and values["track"] not in c.tracks:
+        return f"track {values['track']}"
+    if "pitch" in values and values["channel"] != DRUM_CHANNEL:
+        if c.pitch_range and not c.pitch_range[0] <= values["pitch"] <= c.pitch_range[1]:
+            return f"pitch {values['pitch']}"
+        if c.pitch_classes is not None and values["pitch"] % 12 not in c.pitch_classes:
+            return f"pitch class {values['pitch'] % 12}"
+    gap = 16 * values["time1"] + values["time2"] - prev_time2
+    if c.max_time_gap is not None and gap > c.max_time_gap:
+        return f"gap {gap}"
+    if "duration" in values and c.max_duration is not None and not 1 <= values["duration"] <= c.max_duration:
+        return f"duration {values['duration']}"
+    return None
+
+
+def _maybe(strategy):
+    return st.one_of(st.none(), strategy)
+
+
+constraints_strategy = st.builds(
+    Constraints,
+    event_types=_maybe(st.frozensets(st.sampled_from(["note", "control_change", "set_tempo", "patch_change"]),
+                                     min_size=1)),
+    allow_eos=st.booleans(),
+    channels=_maybe(st.frozensets(st.integers(0, 15), min_size=1)),
+    tracks=_maybe(st.frozensets(st.integers(0, 127), min_size=1, max_size=4)),
+    pitch_range=_maybe(st.tuples(st.integers(0, 60), st.integers(60, 127))),
+    pitch_classes=_maybe(st.frozensets(st.integers(0, 11), min_size=1)),
+    max_time_gap=_maybe(st.integers(0, 64)),
+    max_duration=_maybe(st.integers(1, 64)),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(constraints=constraints_strategy, seed=st.integers(0, 2**32 - 1))
+def test_every_sampled_event_obeys_the_constraints(engine, prompt, constraints, seed):
+    engine.reset()
+    engine.append(prompt[:16])
+    masks = MaskTable(engine.vocab, constraints)
+    rng = np.random.default_rng(seed)
+    for _ in range(6):
+        prev_time2 = time2_of(engine.vocab, engine.rows[0, -1])
+        row = engine.step(WIDE, masks, rng)[0]
+        broken = _obeys(engine.vocab, constraints, row, prev_time2)
+        assert broken is None, f"{broken} in {row.tolist()} under {constraints}"
+
+
+def test_time_gap_masks_follow_the_beat_grid(engine):
+    vocab = engine.vocab
+    masks = MaskTable(vocab, Constraints(max_time_gap=8))
+    note = vocab.event_ids["note"]
+    t1_start, t2_start = vocab.parameter_offsets["time1"], vocab.parameter_offsets["time2"]
+    # Previous event at step 10 of its beat: 8 steps later is step 2 of the next beat.
+    assert (masks.allowed(1, np.array([note]), prev_time2=10) - t1_start).tolist() == [0, 1]
+    next_beat = np.array([note, t1_start + 1])
+    assert (masks.allowed(2, next_beat, prev_time2=10) - t2_start).tolist() == [0, 1, 2]
+    same_beat = np.array([note, t1_start])
+    assert (masks.allowed(2, same_beat, prev_time2=10) - t2_start).tolist() == list(range(16))
+
+
+def test_key_applies_to_melodic_channels_but_not_to_drums(engine):
+    vocab = engine.vocab
+    c_major = MaskTable(vocab, Constraints(pitch_classes=frozenset({0, 2, 4, 5, 7, 9, 11})))
+    channel = vocab.parameter_offsets["channel"]
+    pitch_position = vocab.events["note"].index("pitch") + 1
+    row = np.full(8, vocab.pad_id)
+    row[0] = vocab.event_ids["note"]
+    row[pitch_position - 1] = channel + 0
+    melodic = c_major.allowed(pitch_position, row) - vocab.parameter_offsets["pitch"]
+    assert 61 not in melodic and 60 in melodic and len(melodic) == 75
+    row[pitch_position - 1] = channel + DRUM_CHANNEL
+    assert len(c_major.allowed(pitch_position, row)) == 128
+
+
+def test_impossible_constraints_are_refused(engine):
+    with pytest.raises(ConstraintError, match="no event type"):
+        MaskTable(engine.vocab, Constraints(event_types=frozenset(), allow_eos=False))
+    with pytest.raises(ConstraintError, match="unknown event types"):
+        MaskTable(engine.vocab, Constraints(event_types=frozenset({"pitch_bend"})))
+    # Notes need a channel: an empty channel set leaves only the events without one.
+    masks = MaskTable(engine.vocab, Constraints(channels=frozenset(), allow_eos=False))
+    assert engine.vocab.event_ids["note"] not in masks.event_type_ids
+    assert engine.vocab.event_ids["set_tempo"] in masks.event_type_ids
+
+
+def test_bad_calls_get_clear_errors(model_dir, tmp_path, engine):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        Engine.load(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="export"):
+        Engine.load(tmp_path)
+    engine.reset()
+    with pytest.raises(EngineStateError, match="append a prompt"):
+        engine.sample_event()
+    with pytest.raises(ValueError, match="token ids"):
+        engine.append([[1, 0, 0, 0, 0, 0, 0, 99999]])
+    with pytest.raises(ValueError, match="shape"):
+        engine.append(np.zeros((2, 3, 4, 8), np.int64))
+
+
+def test_importing_the_engine_does_not_import_torch():
+    code = "import sys, musebot.engine; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+ort = pytest.importorskip("onnxruntime")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime has no CUDAExecutionProvider on this machine")
+class TestCuda:
+    """The same engine on the GPU: caches stay on the device, results match the CPU run."""
+
+    def test_cuda_matches_cpu(self, model_dir, prompt):
+        cpu = Engine.load(model_dir, provider="cpu")
+        gpu = Engine.load(model_dir, provider="cuda")
+        np.testing.assert_allclose(gpu.append(prompt), cpu.append(prompt), atol=1e-3)
+        masks = MaskTable(cpu.vocab, NO_EOS)
+        cpu_rows = cpu.generate(16, WIDE, masks, np.random.default_rng(4))
+        gpu_rows = gpu.generate(16, WIDE, masks, np.random.default_rng(4))
+        np.testing.assert_allclose(gpu.hidden, cpu.hidden, atol=1e-3)
+        assert (gpu_rows == cpu_rows).mean() > 0.9  # sampling may flip on a near-tie between devices
+
+    def test_cuda_rollback_and_branches(self, model_dir, prompt):
+        gpu = Engine.load(model_dir, provider="cuda")
+        gpu.append(prompt)
+        gpu.generate(8, WIDE, MaskTable(gpu.vocab, NO_EOS), np.random.default_rng(0))
+        gpu.rollback(len(prompt))
+        np.testing.assert_allclose(gpu.hidden, gpu.hidden_uncached(prompt[None])[:, -1], atol=1e-3)
+        gpu.branch(2)
+        rows = gpu.generate(4, WIDE, None, [np.random.default_rng(1), np.random.default_rng(2)])
+        assert rows.shape[0] == 2
