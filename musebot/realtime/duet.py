@@ -1,0 +1,161 @@
+"""Call and response: the musician's phrase, the phrase end, musebot's answer, barge-in, controls, panic.
+
+The listener thread calls :meth:`Duet.handle` for every input message and :meth:`Duet.tick` a few hundred
+times a second. A phrase ends when no key and no sustain pedal (CC64) is held and the silence since the
+last release reaches the threshold (magenta_midi waits a bar, Continuator-py 1 s; spec
+``realtime-field.md`` §3.3), or at once on the takeover controller. The answer is asked for at the release,
+due at the end of the silence, so a pre-generated answer starts exactly on time; if the musician plays
+before it is due or while it plays (barge-in), it is cancelled and its sounding notes released.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from musebot.realtime import midi
+from musebot.realtime.answers import Answerer, AnswerSlot
+from musebot.realtime.config import ServeConfig
+from musebot.realtime.outputs import Output
+from musebot.realtime.recorder import SessionRecorder
+from musebot.realtime.scheduler import Scheduler
+from musebot.realtime.tracker import NoteTracker
+
+log = logging.getLogger(__name__)
+
+MODES = ("call", "listen")  # listen: thru and recording only, no answers
+
+
+class Duet:
+    """The interaction logic above the ports (no threads of its own; fully testable with MemoryOutput)."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        scheduler: Scheduler,
+        outputs: Sequence[Output],
+        slot: AnswerSlot,
+        answerer: Answerer,
+        recorder: SessionRecorder | None = None,
+        mode: str = "call",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.config = config
+        self.scheduler = scheduler
+        self.outputs = list(outputs)
+        self.slot = slot
+        self.answerer = answerer
+        self.recorder = recorder
+        self.mode = mode
+        self.tracker = NoteTracker()
+        self.state = "idle"  # idle -> listening -> waiting (phrase over, answer due) -> answering -> idle
+        self.phrase_start = 0.0
+        self.due = 0.0
+        self.answer_id = 0
+        self.counts = {"received": 0, "invalid": 0, "answers": 0, "barge_ins": 0, "panics": 0, "phrases": 0}
+
+    # ---- input ---------------------------------------------------------------------------------------
+    def handle(self, t: float, data: object) -> None:
+        """One message from the input, received at ``t``; invalid data is dropped and counted."""
+        msg = midi.channel_message(data)
+        if msg is None:
+            self.counts["invalid"] += 1
+            return
+        self.counts["received"] += 1
+        if midi.kind_of(msg) == midi.CONTROL_CHANGE and self._control(t, msg[1], msg[2]):
+            return
+        if self.config.thru:
+            for output in self.outputs:
+                output.send(msg)
+        if self.recorder:
+            self.recorder.add(t, "musician", msg)
+        if midi.is_note_on(msg):
+            self._note_on(t)
+        self.tracker.handle(t, msg)
+        ready = self.tracker.release_ready()
+        if ready:
+            self.answerer.add_notes(ready)
+        if self.state == "listening" and not self.tracker.anything_held:
+            self._phrase_over(t, t + self.config.silence_s)
+
+    def _note_on(self, t: float) -> None:
+        if self.state in ("waiting", "answering"):
+            cancelled = self.slot.cancel()
+            self.answerer.stop_answer(self.answer_id, t)
+            self.counts["barge_ins"] += 1
+            log.info("barge-in: the musician plays again; answer stopped (%d messages cancelled)", cancelled)
+        if self.state != "listening":
+            self.state = "listening"
+            self.phrase_start = t
+
+    def _phrase_over(self, release: float, due: float) -> None:
+        """All released at ``release``: ask for an answer due at ``due`` (cancelled if they play again)."""
+        self.counts["phrases"] += 1
+        if self.mode != "call":
+            self.state = "idle"
+            return
+        beats = self.config.answer_beats
+        if beats is None:  # as long as the call
+            beats = (release - self.phrase_start) / self.config.seconds_per_beat
+        beats = min(max(beats, self.config.min_answer_beats), self.config.max_answer_beats)
+        self.answer_id = self.slot.open()
+        self.due = due
+        self.state = "waiting"
+        self.answerer.start_answer(self.answer_id, due, beats * self.config.seconds_per_beat)
+
+    def _control(self, t: float, controller: int, value: int) -> bool:
+        """Handle a musebot controller; True when the message was one (it is then not played thru)."""
+        controls = self.config.controls
+        if controller == controls.temperature:
+            temperature = 0.1 + 1.9 * value / 127
+            self.config.temperature = temperature
+            self.answerer.set_temperature(temperature)
+            log.info("temperature %.2f", temperature)
+        elif controller == controls.answer_length:
+            longest = self.config.max_answer_beats
+            self.config.answer_beats = None if value == 0 else 1 + (longest - 1) * value / 127
+            length = f"{self.config.answer_beats:.1f} beats" if value else "as long as the call"
+            log.info("answer length %s", length)
+        elif controller == controls.panic:
+            if value >= 64:
+                self.panic(t, "panic controller", all_channels=True)
+        elif controller == controls.takeover:
+            if value >= 64 and self.state in ("idle", "listening"):
+                for note in self.tracker.release_all(t):
+                    self.answerer.add_notes([note])
+                if self.state == "idle":
+                    self.phrase_start = t
+                self._phrase_over(t, t + self.config.takeover_lead_ms / 1000.0)
+        else:
+            return False
+        return True
+
+    # ---- time ----------------------------------------------------------------------------------------
+    def tick(self, t: float) -> None:
+        """Advance the state machine to time ``t`` (called by the listener between messages)."""
+        if self.state == "waiting" and t >= self.due:
+            self.state = "answering"
+            self.counts["answers"] += 1
+        elif self.state == "answering" and not self.slot.is_playing() and not self.answerer.busy():
+            self.state = "idle"
+
+    # ---- panic ---------------------------------------------------------------------------------------
+    def set_mode(self, t: float, mode: str) -> None:
+        """Switch interaction mode; a mode change panics first (no note survives it)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.panic(t, f"mode change to {mode}")
+        self.mode = mode
+
+    def panic(self, t: float, reason: str, all_channels: bool = False) -> None:
+        """Stop the answer, drop everything scheduled, and silence every output (see ``ledger.py``)."""
+        self.counts["panics"] += 1
+        self.slot.cancel()
+        if self.state in ("waiting", "answering"):
+            self.answerer.stop_answer(self.answer_id, t)
+        self.scheduler.clear()
+        for output in self.outputs:
+            output.panic(all_channels=all_channels)
+        self.state = "idle"
+        log.warning("panic (%s): every note released on %d output(s)", reason, len(self.outputs))
