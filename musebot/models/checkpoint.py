@@ -75,9 +75,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def check_state_dict(model: MIDIModel, state: dict[str, torch.Tensor]) -> None:
     """Strict key and shape check; raises naming the first mismatching key."""
     expected = model.state_dict()
-    for key, tensor in state.items():
-        if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ShapeMismatchError(key, tuple(tensor.shape), tuple(expected[key].shape))
+    for key, tensor in expected.items():  # model order, so the first layer's mismatch is named first
+        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
+            raise ShapeMismatchError(key, tuple(state[key].shape), tuple(tensor.shape))
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
