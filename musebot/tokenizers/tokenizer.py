@@ -36,6 +36,7 @@ class MIDITokenizer:
         self.version = version
         self.optimise = optimise
         self._order = _V2_ORDER if version == "v2" else _V1_ORDER
+        self.dropped_events = 0  # events the last tokenize() dropped as out of range
 
     @classmethod
     def from_name(cls, name: str) -> MIDITokenizer:
@@ -141,11 +142,16 @@ class MIDITokenizer:
     def _emit(self, events: list[list], empty_channels) -> list[Row]:
         rows = []
         last_t1 = 0
+        self.dropped_events = 0
         for event in events:
             if event[0] in ("control_change", "patch_change") and event[4] in empty_channels:
                 continue
             row = self.vocab.event_to_row(self._to_params(event, event[1] - last_t1))
-            if row is None:  # a value out of range (e.g. a gap over 127 beats): dropped, as the reference does
+            if row is None:
+                # A value out of range is dropped, as the reference does: a note of 128 beats or more, or any
+                # event more than 127 beats after the last one kept -- so after such a gap everything that
+                # follows is dropped too. ``dropped_events`` counts them so that callers can warn.
+                self.dropped_events += 1
                 continue
             rows.append(row)
             last_t1 = event[1]
