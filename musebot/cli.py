@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "musebot.tokenizers.cli",
     "musebot.export.cli",
     "musebot.data.cli",
+    "musebot.realtime.cli",
 ]
 
 

@@ -1,0 +1,162 @@
+"""Sub-commands of the real-time path: ``ports``, ``serve``, ``demo``, ``bench-realtime``.
+
+Flags map one to one onto :class:`~musebot.realtime.config.ServeConfig` and
+:class:`~musebot.realtime.daemon.ServeOptions`. Nothing heavy is imported before a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from musebot.realtime.config import ControlConfig, ServeConfig
+
+API_CHOICES = ("alsa", "jack", "coremidi", "winmm")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ports = subparsers.add_parser("ports", help="list MIDI inputs and outputs of each MIDI system")
+    ports.add_argument("--api", choices=API_CHOICES, help="only this MIDI system")
+    ports.set_defaults(func=run_ports)
+
+    serve = subparsers.add_parser(
+        "serve", help="the real-time daemon: listen on a MIDI input, answer on MIDI outputs",
+        description="Listen to a musician and answer (call and response). Default ports: a virtual input "
+        "'musebot:in' and a virtual output 'musebot-out:out' (JACK client names; with JACK start a server "
+        "first, e.g. jackd -d dummy). Several --output flags play to several outputs at once.",
+    )
+    add_session_arguments(serve)
+    serve.add_argument("--input", default="virtual", help="'virtual' (default), an input port name, or 'none'")
+    serve.add_argument(
+        "--output", action="append", dest="outputs", metavar="NAME",
+        help="'virtual' (default), 'fluidsynth', or an output port name; repeat for several",
+    )
+    serve.add_argument("--api", choices=API_CHOICES, help="MIDI system (default: JACK if running, else ALSA)")
+    serve.add_argument("--record", metavar="FILE.mid", help="record both sides of the session (with the seed)")
+    serve.add_argument("--fluidsynth-driver", help="FluidSynth audio driver (jack, pulseaudio, alsa, file)")
+    serve.add_argument("--fluidsynth-file", default="musebot-fluidsynth.wav",
+                       help="WAV written by the 'file' audio driver")
+    serve.set_defaults(func=run_serve)
+
+    demo = subparsers.add_parser(
+        "demo", help="play a built-in phrase into the real-time pipeline; record, render WAV and piano roll",
+    )
+    add_session_arguments(demo)
+    demo.add_argument("--out", default="musebot-demo", help="folder for duet.mid, duet.wav and duet.png")
+    demo.set_defaults(func=run_demo)
+
+    bench = subparsers.add_parser(
+        "bench-realtime", help="measure scheduling error, answer and thru latency over JACK, and headroom",
+    )
+    bench.add_argument("--notes", type=int, default=1000, help="scheduled notes to measure (>= 1000)")
+    bench.add_argument("--model", help="exported model folder: measure generation headroom and answer latency")
+    bench.add_argument("--bpm", type=float, default=120.0)
+    bench.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
+    bench.set_defaults(func=run_bench)
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Musical settings shared by ``serve`` and ``demo`` (ServeConfig fields)."""
+    defaults, controls = ServeConfig(), ControlConfig()
+    parser.add_argument("--mode", choices=("call", "listen"), default="call",
+                        help="call: call and response (default); listen: thru and recording only")
+    parser.add_argument("--model", metavar="DIR", help="exported model folder (config.json + ONNX graphs)")
+    parser.add_argument("--answer", choices=("model", "echo"),
+                        help="who answers: the model (default with --model) or echo (plays the call back)")
+    parser.add_argument("--bpm", type=float, default=defaults.bpm)
+    parser.add_argument("--soundfont", metavar="SF2", help="SoundFont for FluidSynth (default: soundfonts/, "
+                        "then /usr/share/sounds/sf2)")
+    parser.add_argument("--thru", action="store_true", help="pass the musician's notes to the outputs")
+    parser.add_argument("--silence-beats", type=float, default=defaults.silence_beats,
+                        help="silence that ends a phrase, in beats (default %(default)s)")
+    parser.add_argument("--silence-ms", type=float, help="silence that ends a phrase, in ms (overrides beats)")
+    parser.add_argument("--answer-beats", type=float, help="answer length in beats (default: as long as the call)")
+    parser.add_argument("--max-answer-beats", type=float, default=defaults.max_answer_beats)
+    parser.add_argument("--answer-channel", type=int, default=defaults.answer_channel, help="0..15")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    for name in ("temperature", "answer_length", "panic", "takeover"):
+        flag = "--cc-" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(controls, name), metavar="CC",
+                            help=f"controller number for {name.replace('_', ' ')} (default %(default)s; -1: off)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    def cc(value: int | None) -> int | None:
+        if value is None or value < 0:
+            return None
+        if value > 127:
+            raise ValueError(f"controller numbers are 0..127, got {value}")
+        return value
+
+    config = ServeConfig(
+        bpm=args.bpm, silence_beats=args.silence_beats, silence_ms=args.silence_ms,
+        answer_beats=args.answer_beats, max_answer_beats=args.max_answer_beats,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+        answer_channel=args.answer_channel, thru=args.thru,
+        controls=ControlConfig(cc(args.cc_temperature), cc(args.cc_answer_length), cc(args.cc_panic),
+                               cc(args.cc_takeover)),
+    )
+    config.validate()
+    return config
+
+
+def run_ports(args: argparse.Namespace) -> int:
+    from musebot.realtime.ports import list_ports
+
+    names = (args.api,) if args.api else API_CHOICES
+    found_any = False
+    for entry in list_ports(names):
+        if entry.error:
+            print(f"{entry.system}: not available: {entry.error}")
+            continue
+        found_any = True
+        print(f"{entry.system}:")
+        print("  inputs (musebot can read from):" if entry.inputs else "  inputs: none")
+        for name in entry.inputs:
+            print(f"    {name}")
+        print("  outputs (musebot can play to):" if entry.outputs else "  outputs: none")
+        for name in entry.outputs:
+            print(f"    {name}")
+    if not found_any:
+        print("No MIDI system found: start JACK (jackd -d dummy) or install ALSA")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from musebot.cli import CommandError
+    from musebot.realtime.daemon import Daemon, ServeOptions
+    from musebot.realtime.errors import RealtimeError
+
+    config = config_from_args(args)
+    options = ServeOptions(
+        input=args.input, outputs=args.outputs or ["virtual"], api=args.api, mode=args.mode,
+        answer=args.answer, model=args.model, soundfont=args.soundfont, fluidsynth_driver=args.fluidsynth_driver,
+        fluidsynth_file=args.fluidsynth_file, record=args.record,
+    )
+    try:
+        daemon = Daemon(config, options)
+    except RealtimeError as exc:
+        raise CommandError(str(exc)) from exc
+    return daemon.run()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from musebot.realtime.demo import run_demo as demo
+
+    return demo(config_from_args(args), args)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from musebot.realtime.bench import run_realtime_bench
+
+    figures = run_realtime_bench(args)
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
+    return 0

@@ -1,0 +1,298 @@
+"""``musebot serve``: the daemon that wires input, listener, answerer, scheduler and outputs together.
+
+Threads (each talks to the others through queues or locked objects):
+
+* rtmidi's callback thread: timestamps and enqueues (``ports.RtMidiInput``);
+* the listener: pulls the queue, runs :class:`~musebot.realtime.duet.Duet`, ticks its clock;
+* the scheduler: sends timed messages (``scheduler.py``);
+* the engine worker (model answers only, ``worker.py``);
+* the health monitor: notices a JACK server that died, a named port that vanished, and reopens them;
+* the main thread: waits for SIGINT/SIGTERM, then panics and closes everything.
+
+Every way out (signal, exception, port loss, server death) goes through a panic, so no note is left hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from musebot.realtime import ports
+from musebot.realtime.answers import Answerer, AnswerSlot, EchoAnswerer
+from musebot.realtime.clock import now
+from musebot.realtime.config import ServeConfig
+from musebot.realtime.duet import Duet
+from musebot.realtime.errors import PortNotFoundError, RealtimeError
+from musebot.realtime.outputs import FluidSynthOutput, Output, RtMidiOutput
+from musebot.realtime.recorder import SessionRecorder
+from musebot.realtime.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+CLIENT_NAME = "musebot"  # the input's client: "musebot:in"; the virtual output's: "musebot-out:out"
+HEALTH_PERIOD_S = 0.5
+
+
+@dataclass
+class ServeOptions:
+    """Where notes come from and go to, and what answers (the non-musical half of ``musebot serve``)."""
+
+    input: str = "virtual"  # "virtual", a port name, or "none"
+    outputs: list[str] = field(default_factory=lambda: ["virtual"])  # "virtual", "fluidsynth", port names
+    api: str | None = None
+    mode: str = "call"
+    answer: str | None = None  # "model" or "echo"; default: model when a model is given, else echo
+    model: str | None = None
+    soundfont: str | None = None
+    fluidsynth_driver: str | None = None  # default: jack when JACK runs, else pulseaudio, alsa, then file
+    fluidsynth_file: str = "musebot-fluidsynth.wav"
+    record: str | None = None
+
+
+class Daemon:
+    """All parts built from a ServeConfig and ServeOptions; ``run()`` serves until stopped."""
+
+    def __init__(self, config: ServeConfig, options: ServeOptions) -> None:
+        config.validate()
+        self.config = config
+        self.options = options
+        self.stop_event = threading.Event()
+        self.api = ports.choose_api(options.api)
+        self.midi_up = self.api is not None
+        self.recorder = SessionRecorder(config.bpm) if options.record else None
+        self.scheduler = Scheduler(
+            late_s=config.late_ms / 1000, drop_late_s=config.drop_late_ms / 1000, on_send=self._on_send
+        )
+        self.outputs: list[Output] = []
+        self.input: ports.RtMidiInput | None = None
+        self._input_connected = True
+        self._output_down: set[int] = set()
+        self._threads: list[threading.Thread] = []
+        self._idle_queue: queue.Queue = queue.Queue()
+        self.started_at = now()
+        try:
+            self._open_outputs()
+            self._open_input()
+            self.slot = AnswerSlot(self.scheduler, self.outputs, config.answer_channel)
+            self.answerer = self._make_answerer()
+            self.duet = Duet(config, self.scheduler, self.outputs, self.slot, self.answerer, self.recorder,
+                             options.mode)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- construction ---------------------------------------------------------------------------------
+    def _open_outputs(self) -> None:
+        for spec in self.options.outputs:
+            if spec == "fluidsynth":
+                self.outputs.append(self._fluidsynth())
+            elif self.api is None:
+                log.warning("output %r skipped: no MIDI system", spec)
+            elif spec == "virtual":
+                self.outputs.append(RtMidiOutput(self.api, f"{CLIENT_NAME}-out", "out", virtual=True))
+            else:
+                client = f"{CLIENT_NAME}-to-{len(self.outputs)}"
+                self.outputs.append(RtMidiOutput(self.api, client, spec, virtual=False))
+        if self.api is None:
+            log.warning(ports.NO_MIDI_SYSTEM)
+        if not self.outputs:
+            raise RealtimeError(
+                "no output left: " + ("add --output fluidsynth" if self.api is None else "give an --output")
+            )
+        for output in self.outputs:
+            log.info("output: %s", output.name)
+
+    def _fluidsynth(self) -> FluidSynthOutput:
+        driver = self.options.fluidsynth_driver
+        candidates = [driver] if driver else ["jack"] * ports.jack_running() + ["pulseaudio", "alsa"]
+        for name in candidates:
+            try:
+                return FluidSynthOutput(
+                    self.options.soundfont, driver=name, file_name=self.options.fluidsynth_file
+                )
+            except RealtimeError as exc:
+                if driver:
+                    raise
+                log.info("FluidSynth audio driver %s unavailable (%s)", name, exc)
+        log.warning("no audio device: FluidSynth writes its audio to %s", self.options.fluidsynth_file)
+        return FluidSynthOutput(self.options.soundfont, driver="file", file_name=self.options.fluidsynth_file)
+
+    def _open_input(self) -> None:
+        spec = self.options.input
+        if spec == "none" or self.api is None:
+            return
+        self.input = ports.RtMidiInput(
+            self.api, CLIENT_NAME, None if spec == "virtual" else spec, self.config.input_queue
+        )
+        log.info("input: %s", self.input.connected_to or self.input.name)
+
+    def _make_answerer(self) -> Answerer:
+        kind = self.options.answer or ("model" if self.options.model else "echo")
+        if kind == "echo":
+            log.info("answering by echo: musebot plays your phrase back (no model loaded)")
+            return EchoAnswerer(self.slot)
+        if kind != "model":
+            raise ValueError(f"--answer must be 'model' or 'echo', got {kind!r}")
+        if not self.options.model:
+            raise ValueError("--answer model needs --model DIR (an exported model folder)")
+        from musebot.realtime.worker import ModelAnswerer
+
+        return ModelAnswerer.load(self.options.model, self.slot, self.config)
+
+    # ---- running --------------------------------------------------------------------------------------
+    def start(self) -> Daemon:
+        self.scheduler.start()
+        for target, name in ((self._listen, "musebot-listener"), (self._watch, "musebot-health")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("serving in mode %r at %.0f bpm; Ctrl-C to stop", self.duet.mode, self.config.bpm)
+        return self
+
+    def run(self) -> int:
+        """Serve until SIGINT or SIGTERM (main thread only), then shut down cleanly."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not self.stop_event.wait(0.2):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.close()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def _listen(self) -> None:
+        while not self.stop_event.is_set():
+            source = self.input.queue if self.input is not None else self._idle_queue
+            try:
+                t, data = source.get(timeout=0.002)
+            except queue.Empty:
+                t = data = None
+            try:
+                if data is not None:
+                    self.duet.handle(t, data)
+                self.duet.tick(now())
+            except Exception:  # a bug must not leave notes sounding nor stop the daemon
+                log.exception("listener: error while handling %r; panic", data)
+                self.duet.panic(now(), "exception in the listener")
+
+    def _on_send(self, due: float, sent: float, output: Output, msg: tuple, tag: str | None) -> None:
+        if self.recorder and tag == "answer" and output is self.outputs[0]:
+            self.recorder.add(sent, "musebot", msg)
+
+    # ---- health ---------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self.stop_event.wait(HEALTH_PERIOD_S):
+            try:
+                self.check_health()
+            except Exception:
+                log.exception("health monitor: unexpected error")
+
+    def check_health(self) -> None:
+        """Notice a dead JACK server or a vanished named port; reopen them when they return."""
+        if self.api is None:
+            return
+        if self.api == ports.api_id("jack"):
+            alive = ports.jack_running()
+            if self.midi_up and not alive:
+                self.midi_up = False
+                log.error("JACK server stopped: MIDI ports are gone; retrying every %.1f s", HEALTH_PERIOD_S)
+                self.duet.panic(now(), "JACK server stopped")
+                if self.input:
+                    self.input.close()
+                return
+            if not self.midi_up:
+                if alive:
+                    self._reopen_all()
+                return
+        if self.input and self.input.port is not None:
+            self._check_input()
+        self._check_outputs()
+
+    def _reopen_all(self) -> None:
+        try:
+            for output in self.outputs:
+                if isinstance(output, RtMidiOutput):
+                    output.reopen()
+            if self.input:
+                self.input.open()
+        except (RealtimeError, OSError) as exc:
+            log.warning("JACK server is back but ports cannot be reopened yet: %s", exc)
+            return
+        self.midi_up = True
+        log.warning("JACK server is back: ports reopened")
+
+    def _check_input(self) -> None:
+        present = self.input.source_present()
+        if self._input_connected and not present:
+            self._input_connected = False
+            log.warning("input port %r vanished; reconnecting when it returns", self.input.port)
+            # Release what the musician was holding through thru, and any answer that was going on.
+            self.duet.panic(now(), "input port vanished")
+        elif not self._input_connected and present:
+            try:
+                self.input.open()
+            except (PortNotFoundError, OSError) as exc:
+                log.debug("input not back yet: %s", exc)
+                return
+            self._input_connected = True
+            log.warning("input port %r is back: reconnected", self.input.port)
+
+    def _check_outputs(self) -> None:
+        named = [o for o in self.outputs if isinstance(o, RtMidiOutput) and not o.virtual]
+        if not named:
+            return
+        present = ports.present_ports(self.api, "out")
+        if present is None:
+            return
+        for output in named:
+            here = ports.find_port(present, output.port_name) is not None
+            if id(output) not in self._output_down and not here:
+                self._output_down.add(id(output))
+                output.panic()
+                log.warning("output port %r vanished; reconnecting when it returns", output.port_name)
+            elif id(output) in self._output_down and here:
+                try:
+                    output.reopen()
+                except (PortNotFoundError, OSError) as exc:
+                    log.debug("output not back yet: %s", exc)
+                    continue
+                self._output_down.discard(id(output))
+                log.warning("output port %r is back: reconnected", output.port_name)
+
+    # ---- shutdown -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Panic every output, stop the threads, save the recording. Safe to call twice."""
+        self.stop_event.set()
+        duet = getattr(self, "duet", None)
+        if duet is not None:
+            duet.panic(now(), "shutdown")
+        self.scheduler.stop()
+        for thread in self._threads:
+            thread.join(1.0)
+        answerer = getattr(self, "answerer", None)
+        if answerer is not None:
+            answerer.close()
+        for output in self.outputs:
+            output.close()
+        if self.input:
+            self.input.close()
+        if self.recorder and self.options.record and len(self.recorder):
+            path = self.recorder.save(self.options.record, self.session_meta(), origin=self.started_at)
+            log.info("session recorded to %s", path)
+            self.recorder = None
+
+    def session_meta(self) -> dict:
+        meta = {"seed": self.config.seed, "config": self.config.to_dict(), "mode": self.options.mode}
+        meta["answer"] = getattr(getattr(self, "answerer", None), "name", None)
+        meta["model"] = str(Path(self.options.model).resolve()) if self.options.model else None
+        return meta
