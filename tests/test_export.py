@@ -32,6 +32,11 @@ def reference(reference_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
+def sky_dir(reference_dir: Path) -> Path:
+    return reference_dir / "sky_shared"
+
+
+@pytest.fixture(scope="module")
 def exported(reference_dir: Path, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("onnx_fp32")
     figures = export_onnx(reference_dir / "sky_shared", out)
@@ -167,3 +172,18 @@ def test_fp16_export_runs_and_is_close(reference_dir, reference, tmp_path):
     hidden, _ = pair.base_step(reference["prompt"][None])
     assert hidden.dtype == np.float16
     assert rel_err(hidden[0, 95].astype(np.float32), reference["hidden_last"]) < 2e-2
+
+
+def test_cli_exports_and_reports_bad_input_in_one_line(sky_dir, tmp_path, capsys):
+    from musebot.cli import main
+
+    assert main(["export", str(sky_dir), "--out", str(tmp_path / "out"), "--int8", "--also-fp16"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["main"]["precision"] == "int8" and figures["fp16"]["precision"] == "fp16"
+    assert (tmp_path / "out" / BASE_FILE).is_file() and (tmp_path / "out" / "fp16" / TOKEN_FILE).is_file()
+
+    assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "no model at" in capsys.readouterr().err
+    assert main(["export", str(sky_dir), "--out", str(tmp_path / "x"), "--config", "tv2o-small"]) == 2
+    err = capsys.readouterr().err
+    assert "net.embed_tokens.weight" in err and len(err.strip().splitlines()) == 1

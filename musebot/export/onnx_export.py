@@ -9,6 +9,7 @@ quantisation, for CPU) graphs, written under the same file names.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -30,6 +31,7 @@ BASE_FILE = "model_base.onnx"
 TOKEN_FILE = "model_token.onnx"
 OPSET = 17
 # Verification limits on max|ort - torch| / max(1, max|torch|), per precision.
+PER_CHANNEL = True
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.1}
 
 
@@ -113,16 +115,26 @@ def export_graphs(model: MIDIModel, out_dir: Path, dtype: torch.dtype = torch.fl
 
 
 def _copy_as(model: MIDIModel, dtype: torch.dtype) -> MIDIModel:
-    copy = MIDIModel(model.config)
-    copy.load_state_dict(model.state_dict())
-    return copy.to(dtype).eval()
+    return copy.deepcopy(model).to(dtype).eval()
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the MatMul weights (activations quantised per call by ORT)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs a pre-processing advice on the root logger every call
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            per_channel=PER_CHANNEL,
+        )
+    finally:
+        root.setLevel(level)
 
 
 def onnx_config(model: MIDIModel, precision: str, io_names: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +256,10 @@ def export_onnx(
         raise ExportError("choose one of fp16 and int8")
     if isinstance(model_or_path, MIDIModel):
         model = model_or_path
+        if lora is not None:
+            from musebot.models.checkpoint import merge_lora
+
+            model = merge_lora(copy.deepcopy(model), lora)
     else:
         from musebot.models.checkpoint import load_model
 
@@ -252,7 +268,7 @@ def export_onnx(
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metadata = {"config_name": model.config.name or "custom", "config": model.config.reference_str()}
+    metadata = {"config_name": model.config.named(), "config": model.config.reference_str()}
 
     started = time.perf_counter()
     if int8:

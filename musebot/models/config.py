@@ -162,6 +162,24 @@ class MIDIModelConfig:
             return cls.load(config)
         return cls.from_name(str(config))
 
+    def named(self) -> str:
+        """The config's name, or the named config with the same tokenizer and sizes, or "custom"."""
+        if self.name:
+            return self.name
+        for name in CONFIG_NAMES:
+            other = MIDIModelConfig.from_name(name)
+            same_tokenizer = all(
+                self.tokenizer.get(k) == other.tokenizer[k] for k in ("version", "optimise_midi")
+            )
+            same_nets = all(
+                MIDIModelConfig.net_shape(mine) == MIDIModelConfig.net_shape(theirs)
+                and mine.intermediate_size == theirs.intermediate_size
+                for mine, theirs in ((self.net, other.net), (self.net_token, other.net_token))
+            )
+            if same_tokenizer and same_nets:
+                return name
+        return "custom"
+
     # ---- serialisation ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The reference's HF ``config.json`` layout (also what PEFT reads as ``model.config``)."""
