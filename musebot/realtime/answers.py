@@ -75,6 +75,9 @@ class Answerer:
 
     name = "answerer"
 
+    def begin_phrase(self, t: float) -> None:
+        """The musician starts a new phrase at ``t`` (after silence or after an answer)."""
+
     def add_notes(self, notes: Sequence[PlayedNote]) -> None:
         """The musician finished these notes (onset order)."""
 
@@ -109,16 +112,14 @@ class EchoAnswerer(Answerer):
         self.slot = slot
         self.transpose = transpose
         self._phrase: list[PlayedNote] = []
-        self._answered = True
+
+    def begin_phrase(self, t: float) -> None:
+        self._phrase = []
 
     def add_notes(self, notes: Sequence[PlayedNote]) -> None:
-        if self._answered:  # the first note after an answer starts a new phrase
-            self._phrase = []
-            self._answered = False
         self._phrase.extend(notes)
 
     def start_answer(self, answer_id: int, due: float, length_s: float) -> None:
-        self._answered = True
         if not self._phrase:
             return
         start = self._phrase[0].onset

@@ -186,7 +186,7 @@ class Daemon:
                 self.duet.panic(now(), "exception in the listener")
 
     def _on_send(self, due: float, sent: float, output: Output, msg: tuple, tag: str | None) -> None:
-        if self.recorder and tag == "answer" and output is self.outputs[0]:
+        if self.recorder is not None and tag == "answer" and output is self.outputs[0]:
             self.recorder.add(sent, "musebot", msg)
 
     # ---- health ---------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class Daemon:
             output.close()
         if self.input:
             self.input.close()
-        if self.recorder and self.options.record and len(self.recorder):
+        if self.recorder is not None and self.options.record and len(self.recorder):
             path = self.recorder.save(self.options.record, self.session_meta(), origin=self.started_at)
             log.info("session recorded to %s", path)
             self.recorder = None

@@ -68,7 +68,7 @@ class Duet:
         if self.config.thru:
             for output in self.outputs:
                 output.send(msg)
-        if self.recorder:
+        if self.recorder is not None:
             self.recorder.add(t, "musician", msg)
         if midi.is_note_on(msg):
             self._note_on(t)
@@ -81,13 +81,16 @@ class Duet:
 
     def _note_on(self, t: float) -> None:
         if self.state in ("waiting", "answering"):
+            # Before the answer is due the phrase simply goes on; during it, this is a barge-in.
             cancelled = self.slot.cancel()
             self.answerer.stop_answer(self.answer_id, t)
-            self.counts["barge_ins"] += 1
-            log.info("barge-in: the musician plays again; answer stopped (%d messages cancelled)", cancelled)
-        if self.state != "listening":
-            self.state = "listening"
+            if self.state == "answering":
+                self.counts["barge_ins"] += 1
+                log.info("barge-in: the musician plays again; answer stopped (%d messages cancelled)", cancelled)
+        if self.state not in ("listening", "waiting"):
             self.phrase_start = t
+            self.answerer.begin_phrase(t)
+        self.state = "listening"
 
     def _phrase_over(self, release: float, due: float) -> None:
         """All released at ``release``: ask for an answer due at ``due`` (cancelled if they play again)."""

@@ -54,10 +54,11 @@ def jack_server_name() -> str:
     return os.environ.get("JACK_DEFAULT_SERVER", "default")
 
 
-def jack_running() -> bool:
-    """Whether a JACK server answers on its socket (JACK2 keeps it in /dev/shm, JACK1 in /tmp)."""
+def jack_running(server: str | None = None) -> bool:
+    """Whether JACK server ``server`` (default: ``$JACK_DEFAULT_SERVER`` or "default") answers on its socket
+    (JACK2 keeps it in /dev/shm, JACK1 in /tmp)."""
     uid = os.getuid() if hasattr(os, "getuid") else 0
-    name = f"jack_{jack_server_name()}_{uid}_0"
+    name = f"jack_{server or jack_server_name()}_{uid}_0"
     for folder in ("/dev/shm", "/tmp", os.environ.get("JACK_PROMISCUOUS_SERVER_DIR", "/dev/shm")):
         path = Path(folder) / name
         if not path.exists():
