@@ -209,3 +209,14 @@ def test_generate_continues_a_prompt_with_well_formed_events(model: MIDIModel, r
         event = vocab.row_to_event(row)
         assert event is not None, row
         assert row[1 + len(vocab.events[event[0]]) :] == [0] * (7 - len(vocab.events[event[0]]))
+
+
+def test_bf16_upload_and_wrapped_keys_load(sky: Path, model: MIDIModel, tmp_path: Path):
+    # HF uploads are bf16 (spec 3.5); our own Lightning wrapper may save the model under ``model.``.
+    state = load_file(str(sky / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in state.items()}, str(tmp_path / "bf16.safetensors"))
+    loaded = load_model(tmp_path / "bf16.safetensors", config="tv2o-tiny")
+    assert loaded.lm_head.weight.dtype == torch.float32
+    assert (probe(loaded) - probe(model)).abs().max() < 0.1  # bf16 keeps ~3 significant digits
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.ckpt")
+    assert torch.equal(probe(load_model(tmp_path / "wrapped.ckpt", config="tv2o-tiny")), probe(model))
