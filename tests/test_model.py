@@ -220,3 +220,10 @@ def test_bf16_upload_and_wrapped_keys_load(sky: Path, model: MIDIModel, tmp_path
     assert (probe(loaded) - probe(model)).abs().max() < 0.1  # bf16 keeps ~3 significant digits
     torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.ckpt")
     assert torch.equal(probe(load_model(tmp_path / "wrapped.ckpt", config="tv2o-tiny")), probe(model))
+
+
+def test_generate_without_eos_runs_to_max_len(model: MIDIModel):
+    out = model.generate(None, max_len=12, generator=torch.Generator().manual_seed(1), allow_eos=False)
+    assert out.shape == (1, 12, 8)
+    assert out[0, 0, 0] == model.config.vocab.bos_id
+    assert model.config.vocab.eos_id not in out[0, 1:, 0].tolist()

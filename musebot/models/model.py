@@ -100,11 +100,13 @@ class MIDIModel(nn.Module):
         top_p: float = 0.98,
         top_k: int = 20,
         generator: torch.Generator | None = None,
+        allow_eos: bool = True,
     ) -> torch.Tensor:
         """The reference sampling loop (spec 3.3) in torch eager with KV caches; returns ``(B, L_total, 8)``.
 
         ``prompt`` is ``(L, 8)`` or ``(B, L, 8)`` ids (None: a single BOS row); ``max_len`` counts prompt
-        events. Used as the speed/accuracy baseline for the ONNX engine.
+        events. ``allow_eos=False`` never samples the end (benchmarks of untrained models run to max_len).
+        Used as the speed/accuracy baseline for the ONNX engine.
         """
         vocab = self.config.vocab
         width = vocab.max_token_seq
@@ -116,7 +118,8 @@ class MIDIModel(nn.Module):
         prompt = F.pad(prompt[..., :width], (0, width - min(width, prompt.shape[-1])), value=vocab.pad_id)
         seq = prompt.expand(batch_size, -1, -1).clone() if prompt.shape[0] == 1 else prompt.clone()
         batch_size = seq.shape[0]
-        event_ids = torch.tensor(sorted(vocab.event_ids.values()) + [vocab.eos_id], device=self.device)
+        starts = sorted(vocab.event_ids.values()) + ([vocab.eos_id] if allow_eos else [])
+        event_ids = torch.tensor(starts, device=self.device)
         ended = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         cache = self.new_cache()
         past_len = 0
