@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "musebot.tokenizers.cli",
     "musebot.export.cli",
+    "musebot.engine.cli",
     "musebot.data.cli",
     "musebot.realtime.cli",
 ]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musebot.engine.sampling import SamplerSettings, choose, filtered_probabilities, sample, sample_ids
+from musebot.engine.sampling import (
+    SamplerSettings,
+    candidates,
+    choose,
+    filtered_probabilities,
+    sample,
+    sample_ids,
+    sample_one,
+)
 
 # A known distribution: softmax of these logits is exactly [0.5, 0.3, 0.15, 0.05].
 PROBS = np.array([0.5, 0.3, 0.15, 0.05])
@@ -117,3 +125,18 @@ def test_bad_settings_are_refused_with_a_message(kwargs):
 def test_a_mask_allowing_nothing_is_an_error_not_a_nan():
     with pytest.raises(ValueError, match="no allowed token"):
         filtered_probabilities(LOGITS, SamplerSettings(), np.zeros(4, bool))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [SamplerSettings(), SamplerSettings(top_k=0, top_p=0.5), SamplerSettings(temperature=0.7, min_p=0.1),
+     SamplerSettings(temperature=0.0), SamplerSettings(top_k=3, top_p=1.0)],
+)
+def test_single_row_path_picks_what_the_batched_path_picks(settings):
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(200, 64)) * 2
+    u = rng.random(200)
+    index, probs = candidates(logits, settings)
+    batched = index[np.arange(200), choose(probs, u)]
+    single = [sample_one(logits[i], settings, u[i]) for i in range(200)]
+    np.testing.assert_array_equal(batched, single)

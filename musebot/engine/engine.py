@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from musebot.engine.masks import MaskTable, time2_of
-from musebot.engine.sampling import Rng, SamplerSettings, choose, draw_uniform, filtered_probabilities
+from musebot.engine.sampling import Rng, SamplerSettings, candidates, choose, draw_uniform, sample_one
 from musebot.tokenizers.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ class _CpuRunner:
         self.token_past_names = self.token_shape.names("past_key_values")
         self.base_out = ["hidden"] + self.base_shape.names("present")
         self.token_out = ["y"] + self.token_shape.names("present")
-        self.ort_seconds = 0.0  # time spent inside session runs, for the engine-overhead figure
+        # Time spent inside session runs, for the engine-overhead figure of `musebot bench`.
+        self.ort_seconds = 0.0
+        self.ort_base_seconds = 0.0
         self.ort_calls = 0
 
     def empty(self, shape: GraphShape, batch: int) -> list[np.ndarray]:
@@ -97,7 +99,9 @@ class _CpuRunner:
         feeds["x"] = x
         start = time.perf_counter()
         out = self.base.run(self.base_out, feeds)
-        self.ort_seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.ort_seconds += elapsed
+        self.ort_base_seconds += elapsed
         self.ort_calls += 1
         return out[0], out[1:]
 
@@ -156,7 +160,10 @@ class _CudaRunner(_CpuRunner):
         return first, list(values[1:])
 
     def run_base(self, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        return self._run(self.base, {"x": x}, self.base_past_names, past, self.base_out)
+        before = self.ort_seconds
+        out = self._run(self.base, {"x": x}, self.base_past_names, past, self.base_out)
+        self.ort_base_seconds += self.ort_seconds - before
+        return out
 
     def run_token(self, hidden: np.ndarray, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
         hidden = np.ascontiguousarray(hidden, dtype=self.token_shape.dtype)
@@ -167,6 +174,56 @@ class _CudaRunner(_CpuRunner):
 
     def from_numpy(self, arrays: list[np.ndarray]) -> list:
         return [self._ort(a) for a in arrays]
+
+
+class _History:
+    """Every appended row and the event model's output at it, per branch, in buffers that grow by doubling.
+
+    Appending one event costs a copy of one row and one hidden vector, not of the whole history.
+    """
+
+    def __init__(self, batch: int = 1, hidden_size: int = 0, dtype: type = np.float32) -> None:
+        self.n = 0
+        self._rows = np.zeros((batch, 64, 8), np.int64)
+        self._hidden = np.zeros((batch, 64, hidden_size), dtype)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._rows[:, : self.n]
+
+    @property
+    def hidden(self) -> np.ndarray:
+        return self._hidden[:, : self.n]
+
+    def _reserve(self, n: int) -> None:
+        if n > self._rows.shape[1]:
+            size = max(n, 2 * self._rows.shape[1])
+            self._rows = _grown(self._rows, size)
+            self._hidden = _grown(self._hidden, size)
+
+    def extend(self, rows: np.ndarray) -> None:
+        self._reserve(self.n + rows.shape[1])
+        self._rows[:, self.n : self.n + rows.shape[1]] = rows
+        self.n += rows.shape[1]
+
+    def set_hidden(self, start: int, hidden: np.ndarray) -> None:
+        if self._hidden.shape[2] != hidden.shape[2] or self._hidden.dtype != hidden.dtype:
+            self._hidden = np.zeros((*self._rows.shape[:2], hidden.shape[2]), hidden.dtype)
+        self._hidden[:, start : start + hidden.shape[1]] = hidden
+
+    def truncate(self, n: int) -> None:
+        self.n = n
+
+    def map_branches(self, index: np.ndarray) -> None:
+        """Rebuild the branch axis: ``index`` lists, for each new branch, the old branch it copies."""
+        self._rows = self._rows[index]
+        self._hidden = self._hidden[index]
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((array.shape[0], size, *array.shape[2:]), array.dtype)
+    out[:, : array.shape[1]] = array
+    return out
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -225,13 +282,13 @@ class Engine:
         if self.window < 2:
             raise ValueError(f"window must hold at least 2 events, got {self.window}")
         self.batch = 1
-        self._rows = np.zeros((1, 0, 8), np.int64)  # every appended row, per branch
-        self._hidden = np.zeros((1, 0, 0), np.float32)  # base output for each row of the history
+        self._history = _History()  # every appended row and its event-model output, per branch
         self._past: list = runner.empty(runner.base_shape, 1)
         self._ctx_start = 0  # history index where the cached context starts (after the pinned BOS row)
         self._pinned = False  # whether history row 0 (BOS) is kept in front of a slid window
         self.last_logits: np.ndarray | None = None
         self._default_masks: MaskTable | None = None
+        self._param_count = {i: len(self.vocab.events[name]) for name, i in self.vocab.event_ids.items()}
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -280,7 +337,7 @@ class Engine:
     @property
     def n_events(self) -> int:
         """Rows appended so far (per branch), including those the window has slid past."""
-        return self._rows.shape[1]
+        return self._history.n
 
     @property
     def context_length(self) -> int:
@@ -290,20 +347,19 @@ class Engine:
     @property
     def rows(self) -> np.ndarray:
         """Every appended row, ``(branches, n_events, 8)`` int64 (a copy)."""
-        return self._rows.copy()
+        return self._history.rows.copy()
 
     @property
     def hidden(self) -> np.ndarray:
         """The event model's output at the last row, ``(branches, hidden_size)``: what the next event samples from."""
         if self.n_events == 0:
             raise EngineStateError("no row appended yet: append a prompt (at least the BOS row) first")
-        return self._hidden[:, -1].astype(np.float32)
+        return self._history.hidden[:, -1].astype(np.float32)
 
     def reset(self) -> None:
         """Forget everything (one branch, empty cache)."""
         self.batch = 1
-        self._rows = np.zeros((1, 0, 8), np.int64)
-        self._hidden = np.zeros((1, 0, 0), np.float32)
+        self._history = _History()
         self._past = self.runner.empty(self.runner.base_shape, 1)
         self._ctx_start, self._pinned = 0, False
 
@@ -335,24 +391,14 @@ class Engine:
         """
         rows = self._check_rows(rows)
         n_before = self.n_events
-        self._rows = np.concatenate([self._rows, rows], axis=1)
+        self._history.extend(rows)
         if self.context_length > self.window:
             self._refill(self.n_events)
         else:
             hidden, self._past = self.runner.run_base(rows, self._past)
-            self._store_hidden(n_before, hidden)
+            # Kept for every row, so a rollback knows the state to sample from without a recompute.
+            self._history.set_hidden(n_before, hidden)
         return self.hidden
-
-    def _store_hidden(self, start: int, hidden: np.ndarray) -> None:
-        """Keep base outputs for history rows ``start..start+len``, so rollback needs no recompute."""
-        end = start + hidden.shape[1]
-        if self._hidden.shape[2] != hidden.shape[2] or self._hidden.shape[0] != self.batch:
-            self._hidden = np.zeros((self.batch, 0, hidden.shape[2]), hidden.dtype)
-        if self._hidden.shape[1] < end:
-            grow = np.zeros((self.batch, end - self._hidden.shape[1], hidden.shape[2]), hidden.dtype)
-            self._hidden = np.concatenate([self._hidden, grow], axis=1)
-        self._hidden[:, start:end] = hidden
-        self._hidden = self._hidden[:, : self.n_events]
 
     def _refill(self, n_events: int) -> None:
         """Rebuild the cache for history ``[:n_events]``: the newest rows that fit, behind a pinned BOS row.
@@ -360,7 +406,8 @@ class Engine:
         After a slide the context is cut to three quarters of the window, so the next re-prefill comes a
         quarter window later instead of on every event.
         """
-        history = self._rows[:, :n_events]
+        self._history.truncate(n_events)
+        history = self._history.rows
         pin = n_events > 0 and bool(np.all(history[:, 0, 0] == self.vocab.bos_id))
         keep = n_events if n_events <= self.window else max(1, self.window * 3 // 4)
         start = n_events - keep
@@ -370,14 +417,13 @@ class Engine:
         else:
             pin = False
             context = history[:, start:]
-        self._rows = history
         self._ctx_start, self._pinned = start, pin
         self._past = self.runner.empty(self.runner.base_shape, self.batch)
         if n_events == 0:
             return
         log.debug("context refill: %d events from history row %d (BOS pinned: %s)", context.shape[1], start, pin)
         hidden, self._past = self.runner.run_base(context, self._past)
-        self._store_hidden(start, hidden[:, int(pin):])
+        self._history.set_hidden(start, hidden[:, int(pin):])
 
     def rollback(self, n_events: int) -> None:
         """Return to the state after the first ``n_events`` rows: later rows leave the history and the cache."""
@@ -390,8 +436,7 @@ class Engine:
             length = int(self._pinned) + keep_in_context
             arrays = self.runner.to_numpy(self._past)
             self._past = self.runner.from_numpy([a[:, :, :length] for a in arrays])
-            self._rows = self._rows[:, :n_events]
-            self._hidden = self._hidden[:, :n_events]
+            self._history.truncate(n_events)
         else:
             # The target is older than the slid context: rebuild the window that ends there.
             self._refill(n_events)
@@ -404,8 +449,7 @@ class Engine:
         if n < 1:
             raise ValueError(f"branch count must be >= 1, got {n}")
         self.batch = n
-        self._rows = np.repeat(self._rows, n, axis=0)
-        self._hidden = np.repeat(self._hidden, n, axis=0)
+        self._history.map_branches(np.zeros(n, np.intp))
         arrays = self.runner.to_numpy(self._past)
         self._past = self.runner.from_numpy([np.repeat(a, n, axis=0) for a in arrays])
 
@@ -414,8 +458,7 @@ class Engine:
         if not 0 <= index < self.batch:
             raise ValueError(f"branch {index} does not exist (have {self.batch})")
         self.batch = 1
-        self._rows = self._rows[index : index + 1].copy()
-        self._hidden = self._hidden[index : index + 1].copy()
+        self._history.map_branches(np.array([index]))
         arrays = self.runner.to_numpy(self._past)
         self._past = self.runner.from_numpy([a[index : index + 1] for a in arrays])
 
@@ -438,9 +481,11 @@ class Engine:
         masks = masks or self.default_masks()
         rng = rng if rng is not None else np.random.default_rng()
         vocab, batch = self.vocab, self.batch
-        prev_time2 = [time2_of(vocab, r) for r in self._rows[:, -1]] if self.n_events else [0] * batch
+        last_rows = self._history.rows[:, -1] if self.n_events else np.zeros((batch, 8), np.int64)
+        prev_time2 = [time2_of(vocab, r) for r in last_rows]
+        per_branch_rng = not isinstance(rng, np.random.Generator)
         row = np.full((batch, 8), vocab.pad_id, np.int64)
-        live = np.ones(batch, bool)
+        live = list(range(batch))  # branches still sampling this event
         token_past = self.runner.empty(self.runner.token_shape, batch)
         states = self.hidden[:, None, :]
         x = np.zeros((batch, 0), np.int64)
@@ -450,26 +495,23 @@ class Engine:
             logits = logits[:, -1]
             if keep_logits:
                 kept.append(logits.astype(np.float32))
-            live_rows = np.flatnonzero(live)
-            if isinstance(rng, np.random.Generator):
-                u = draw_uniform(rng, len(live_rows))
-            else:
-                u = draw_uniform([rng[b] for b in live_rows], len(live_rows))
-            # Rows sharing one allowed-id array are sampled together (gathering only the allowed columns).
+            u = draw_uniform([rng[b] for b in live] if per_branch_rng else rng, len(live))
+            # Branches sharing one allowed-id array are sampled together, gathering only the allowed columns.
             groups: dict[int, tuple[np.ndarray, list[int]]] = {}
-            for k, b in enumerate(live_rows):
+            for k, b in enumerate(live):
                 ids = masks.allowed(position, row[b], prev_time2[b])
                 groups.setdefault(id(ids), (ids, []))[1].append(k)
             for ids, members in groups.values():
-                members_arr = np.array(members)
-                targets = live_rows[members_arr]
-                probs = filtered_probabilities(logits[targets][:, ids], settings)
-                row[targets, position] = ids[choose(probs, u[members_arr])]
-            for b in live_rows:
-                name = vocab.id_events.get(int(row[b, 0]))
-                if name is None or position >= len(vocab.events[name]):
-                    live[b] = False  # eos chosen, or every parameter of the event sampled
-            if not live.any():
+                targets = [live[k] for k in members]
+                if len(targets) == 1:  # the common case (one branch): 1-D numpy, fewer calls
+                    row[targets[0], position] = ids[sample_one(logits[targets[0], ids], settings, u[members[0]])]
+                    continue
+                index, probs = candidates(logits[targets][:, ids].astype(np.float64), settings)
+                picked = index[np.arange(len(targets)), choose(probs, u[members])]
+                row[targets, position] = ids[picked]
+            # A branch is done once eos is chosen or every parameter of its event type is sampled.
+            live = [b for b in live if position < self._param_count.get(int(row[b, 0]), 0)]
+            if not live:
                 break
             states = states[:, :0]
             x = row[:, position : position + 1]

@@ -46,6 +46,72 @@ class SamplerSettings:
 Rng = np.random.Generator | Sequence[np.random.Generator]
 
 
+def candidates(logits: np.ndarray, settings: SamplerSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens that survive the filters, most likely first: ``(indices (B, m), probabilities (B, m))``.
+
+    Works on the top-k candidates only (``argpartition``, no sort of the whole row): min-p compares with the
+    best token and top-p with the mass left after top-k, so neither needs the full softmax. Probabilities of
+    filtered entries inside the ``m`` columns are 0; each row sums to 1. Masked logits are ``-inf``.
+    """
+    batch, n = logits.shape
+    if settings.temperature == 0:
+        best = np.argmax(logits, axis=1)[:, None]
+        return best, np.ones((batch, 1))
+    k = settings.top_k if 0 < settings.top_k < n else n
+    if k < n:
+        index = np.argpartition(logits, n - k, axis=1)[:, n - k :]
+        values = np.take_along_axis(logits, index, axis=1)
+    else:
+        index = np.broadcast_to(np.arange(n), (batch, n))
+        values = logits
+    order = np.argsort(-values, axis=1, kind="stable")
+    index = np.take_along_axis(index, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1).astype(np.float64)
+    # Relative to the best token: w = p / p_max (exp(-inf) = 0 drops masked ids).
+    weights = np.exp((values - values[:, :1]) / settings.temperature)
+    if settings.min_p > 0:
+        weights[weights < settings.min_p] = 0.0
+    if settings.top_p < 1:
+        # Keep the smallest prefix whose (renormalised) mass reaches top_p: an entry survives while the mass
+        # before it is still below top_p, so the most likely token always survives.
+        mass = weights / weights.sum(axis=1, keepdims=True)
+        before = np.cumsum(mass, axis=1) - mass
+        weights[before >= settings.top_p] = 0.0
+    return index, weights / weights.sum(axis=1, keepdims=True)
+
+
+def sample_one(logits: np.ndarray, settings: SamplerSettings, u: float) -> int:
+    """``candidates`` + ``choose`` for one row ``(n,)`` with 1-D numpy calls: the per-token path of one branch.
+
+    Gives the same index as the batched functions (same candidate order, same cumulative sums); a row of
+    the vocabulary costs a handful of numpy calls whatever its length.
+    """
+    if settings.temperature == 0:
+        return int(np.argmax(logits))
+    n = len(logits)
+    k = settings.top_k if 0 < settings.top_k < n else n
+    if k < n:
+        index = np.argpartition(logits, n - k)[n - k :]
+        values = logits[index]
+    else:
+        index, values = np.arange(n), logits
+    order = np.argsort(-values, kind="stable")
+    index = index[order]
+    values = values[order].astype(np.float64)
+    weights = np.exp((values - values[0]) / settings.temperature)
+    if settings.min_p > 0:
+        weights[weights < settings.min_p] = 0.0
+    if settings.top_p < 1:
+        mass = weights / weights.sum()
+        before = np.cumsum(mass) - mass
+        weights[before >= settings.top_p] = 0.0
+    probs = weights / weights.sum()
+    chosen = int(np.searchsorted(np.cumsum(probs), u, side="right"))
+    if chosen >= n or probs[min(chosen, n - 1)] == 0:
+        chosen = min(chosen, int(np.flatnonzero(probs)[-1]))
+    return int(index[chosen])
+
+
 def filtered_probabilities(
     logits: np.ndarray, settings: SamplerSettings, allowed: np.ndarray | None = None
 ) -> np.ndarray:
@@ -54,6 +120,14 @@ def filtered_probabilities(
     ``logits`` is ``(B, n)``; ``allowed`` an optional boolean ``(n,)`` or ``(B, n)`` mask (every row needs at
     least one allowed id). Returns ``(B, n)`` float64 with disallowed and filtered entries at exactly 0.
     """
+    logits = _masked(logits, allowed)
+    index, probs = candidates(logits, settings)
+    full = np.zeros(logits.shape)
+    np.put_along_axis(full, index, probs, axis=1)
+    return full
+
+
+def _masked(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2:
         raise ValueError(f"logits must be (batch, n), got shape {logits.shape}")
@@ -62,37 +136,7 @@ def filtered_probabilities(
         if not allowed.any(axis=1).all():
             raise ValueError("a row has no allowed token: the constraints exclude everything")
         logits = np.where(allowed, logits, -np.inf)
-    if settings.temperature == 0:
-        probs = np.zeros_like(logits)
-        probs[np.arange(len(logits)), np.argmax(logits, axis=1)] = 1.0
-        return probs
-    scaled = logits / settings.temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    probs = np.exp(scaled)  # exp(-inf) = 0: masked ids drop out before normalising
-    probs /= probs.sum(axis=1, keepdims=True)
-
-    if settings.min_p > 0:
-        probs[probs < settings.min_p * probs.max(axis=1, keepdims=True)] = 0.0
-    n = probs.shape[1]
-    use_k = 0 < settings.top_k < n
-    if use_k or settings.top_p < 1:
-        order = np.argsort(-probs, axis=1, kind="stable")
-        sorted_probs = np.take_along_axis(probs, order, axis=1)
-        keep = sorted_probs > 0
-        if use_k:
-            keep[:, settings.top_k:] = False
-        if settings.top_p < 1:
-            # Keep the smallest prefix whose mass reaches top_p (of the renormalised mass): an entry survives
-            # when the mass before it is still below top_p, so the most likely token always survives.
-            mass = np.where(keep, sorted_probs, 0.0)
-            mass /= mass.sum(axis=1, keepdims=True)
-            before = np.cumsum(mass, axis=1) - mass
-            keep &= before < settings.top_p
-        filtered = np.zeros_like(probs)
-        np.put_along_axis(filtered, order, np.where(keep, sorted_probs, 0.0), axis=1)
-        probs = filtered
-    probs /= probs.sum(axis=1, keepdims=True)
-    return probs
+    return logits
 
 
 def draw_uniform(rng: Rng, batch: int) -> np.ndarray:
@@ -120,8 +164,9 @@ def sample(
     logits: np.ndarray, settings: SamplerSettings, rng: Rng, allowed: np.ndarray | None = None
 ) -> np.ndarray:
     """Sample one index per row of ``logits`` ``(B, n)``; returns ``(B,)`` int64 indices into ``n``."""
-    probs = filtered_probabilities(logits, settings, allowed)
-    return choose(probs, draw_uniform(rng, len(probs)))
+    index, probs = candidates(_masked(logits, allowed), settings)
+    picked = choose(probs, draw_uniform(rng, len(probs)))
+    return index[np.arange(len(index)), picked]
 
 
 def sample_ids(
