@@ -227,3 +227,18 @@ def test_generate_without_eos_runs_to_max_len(model: MIDIModel):
     assert out.shape == (1, 12, 8)
     assert out[0, 0, 0] == model.config.vocab.bos_id
     assert model.config.vocab.eos_id not in out[0, 1:, 0].tolist()
+
+
+def test_transformers4_era_config_json_still_reads(sky: Path):
+    # Configs published before transformers 5 carry rope_theta/rope_scaling and a two-key tokenizer dict.
+    data = json.loads((sky / "config.json").read_text())
+    for key in ("net_config", "net_token_config"):
+        del data[key]["rope_parameters"], data[key]["head_dim"]
+        data[key] |= {"rope_theta": 10000.0, "rope_scaling": None, "torch_dtype": "bfloat16"}
+    data["tokenizer"] = {"version": "v2", "optimise_midi": True}
+    config = MIDIModelConfig.from_dict(data)
+    assert config.vocab_size == 3406 and config.tokenizer["events"]["note"][-1] == "duration"
+    assert MIDIModelConfig.net_shape(config.net_token)["head_dim"] == 64
+    assert config.named() == "tv2o-tiny"
+    with pytest.raises(ConfigError, match="net_config"):
+        MIDIModelConfig.from_dict({"tokenizer": data["tokenizer"]})
