@@ -320,3 +320,64 @@ class TestCuda:
         gpu.branch(2)
         rows = gpu.generate(4, WIDE, None, [np.random.default_rng(1), np.random.default_rng(2)])
         assert rows.shape[0] == 2
+
+
+def _generate(model_dir: Path, prompt: Path, out: Path, seed: int, wav: Path | None = None) -> int:
+    from musebot.cli import main
+
+    args = ["generate", "--model", str(model_dir), "--prompt", str(prompt), "--prompt-events", "40",
+            "--events", "24", "--out", str(out), "--seed", str(seed), "--no-eos",
+            "--max-time-gap", "16", "--max-duration", "32"]
+    return main(args + (["--wav", str(wav)] if wav else []))
+
+
+def test_generate_continues_a_prompt_and_renders_audio(model_dir, reference_midis, tmp_path):
+    import wave
+
+    from musebot.tokenizers import load_score
+
+    prompt = reference_midis[0]
+    out, wav = tmp_path / "out.mid", tmp_path / "out.wav"
+    assert _generate(model_dir, prompt, out, seed=3, wav=wav) == 0
+    notes = [e for track in load_score(out)[1:] for e in track if e[0] == "note"]
+    prompt_notes = [e for track in load_score(prompt)[1:] for e in track if e[0] == "note"]
+    assert len(notes) > 0 and min(e[1] for e in notes) == 0  # the prompt's opening is kept
+    assert len(notes) <= len(prompt_notes) + 24
+    with wave.open(str(wav)) as f:
+        assert (f.getnchannels(), f.getsampwidth(), f.getframerate()) == (2, 2, 44100)
+        audio = np.frombuffer(f.readframes(f.getnframes()), np.int16)
+    assert np.abs(audio).max() > 1000  # the soundfont actually played notes
+
+    again, other = tmp_path / "again.mid", tmp_path / "other.mid"
+    assert _generate(model_dir, prompt, again, seed=3) == 0
+    assert _generate(model_dir, prompt, other, seed=4) == 0
+    assert again.read_bytes() == out.read_bytes()
+    assert other.read_bytes() != out.read_bytes()
+
+
+def test_generate_reports_bad_input_in_one_line(model_dir, tmp_path, capsys):
+    from musebot.cli import main
+
+    not_midi = tmp_path / "notes.txt"
+    not_midi.write_text("C D E")
+    assert main(["generate", "--model", str(model_dir), "--prompt", str(not_midi), "--events", "4",
+                 "--out", str(tmp_path / "o.mid")]) == 2
+    assert main(["generate", "--model", str(tmp_path), "--events", "4", "--out", str(tmp_path / "o.mid")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "not a MIDI file" in errors[0] and "config.json" in errors[1]
+
+
+def test_bench_reports_every_figure(model_dir, reference_dir, capsys):
+    from musebot.cli import main
+
+    assert main(["bench", "--model", str(model_dir), "--checkpoint", str(reference_dir / "sky_shared"),
+                 "--context", "48", "--events", "4", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    for name in ("engine_cached", "ort_uncached", "torch_eager", "prefill"):
+        assert figures[name]["p50_ms"] > 0 and figures[name]["p99_ms"] >= figures[name]["p50_ms"]
+    assert figures["engine_cached"]["ort_p50_ms"] > 0
+    assert figures["base_graph"] == {"layers": 4, "heads": 4, "head_dim": 16}
+    assert figures["token_graph"] == {"layers": 1, "heads": 1, "head_dim": 64}
+    # Without torch weights the torch baseline says why it is missing instead of failing.
+    assert main(["bench", "--model", str(model_dir), "--context", "16", "--events", "2", "--json"]) == 0
+    assert "checkpoint" in json.loads(capsys.readouterr().out)["torch_eager"]["skipped"]

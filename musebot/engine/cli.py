@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--no-eos", action="store_true", help="never end the piece early: generate all N events")
+    p.add_argument("--max-time-gap", type=int, metavar="STEPS",
+                   help="longest silence between two events, in 1/16 beats (default: no limit)")
+    p.add_argument("--max-duration", type=int, metavar="STEPS", help="longest note, in 1/16 beats")
     p.set_defaults(func=_generate)
 
     p = subparsers.add_parser("bench", help="per-event latency of the engine vs uncached ORT and torch eager")
@@ -73,7 +76,7 @@ def _generate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from musebot.engine.generate import RenderError, continue_rows, prompt_rows, render_wav
-    from musebot.engine.masks import Constraints, MaskTable
+    from musebot.engine.masks import ConstraintError, Constraints, MaskTable
     from musebot.engine.sampling import SamplerSettings
     from musebot.tokenizers import MidiFileError, MIDITokenizer, load_score, save_score
 
@@ -87,7 +90,12 @@ def _generate(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from exc
     else:
         prompt = np.array([tokenizer.vocab.special_row(tokenizer.vocab.bos_id)], np.int64)
-    masks = MaskTable(engine.vocab, Constraints(allow_eos=not args.no_eos))
+    try:
+        masks = MaskTable(engine.vocab, Constraints(
+            allow_eos=not args.no_eos, max_time_gap=args.max_time_gap, max_duration=args.max_duration
+        ))
+    except ConstraintError as exc:
+        raise CommandError(str(exc)) from exc
     result = continue_rows(engine, prompt, args.events, settings, masks, args.seed)
     score = tokenizer.detokenize(result.rows.tolist())
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,8 @@ class MaskTable:
         self.constraints = constraints = constraints or Constraints()
         self.pad_only = np.array([vocab.pad_id], dtype=np.int64)
 
+        if constraints.max_time_gap is not None and constraints.max_time_gap < 0:
+            raise ConstraintError(f"max_time_gap must be >= 0 grid steps, got {constraints.max_time_gap}")
         names = list(vocab.events) if constraints.event_types is None else sorted(constraints.event_types)
         unknown = set(names) - set(vocab.events)
         if unknown:
