@@ -175,6 +175,23 @@ def test_batched_branches_equal_single_branch_runs(fresh, prompt):
     np.testing.assert_array_equal(fresh.rows[0, len(prompt):], singles[1])
 
 
+def test_io_binding_path_gives_the_same_performance(model_dir, prompt):
+    # The OrtValue/IO-binding runner used on CUDA, run here on the CPU provider: same rows, same state.
+    plain = Engine.load(model_dir, provider="cpu")
+    bound = Engine.load(model_dir, provider="cpu", io_binding=True)
+    masks = MaskTable(plain.vocab, NO_EOS)
+    np.testing.assert_allclose(bound.append(prompt), plain.append(prompt), atol=TOL)
+    expected = plain.generate(12, WIDE, masks, np.random.default_rng(8))
+    np.testing.assert_array_equal(bound.generate(12, WIDE, masks, np.random.default_rng(8)), expected)
+    bound.rollback(len(prompt) + 4)
+    bound.branch(2)
+    rows = bound.generate(8, WIDE, masks, [np.random.default_rng(8), np.random.default_rng(9)])
+    plain.rollback(len(prompt) + 4)
+    np.testing.assert_array_equal(rows[0], plain.generate(8, WIDE, masks, np.random.default_rng(8))[0])
+    bound.select(0)
+    np.testing.assert_allclose(bound.hidden, plain.hidden, atol=TOL)
+
+
 def _obeys(vocab, c: Constraints, row: np.ndarray, prev_time2: int) -> str | None:
     """Check a sampled row against the constraints directly from their meaning; returns what broke."""
     if row[0] == vocab.eos_id:

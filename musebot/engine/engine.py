@@ -123,20 +123,23 @@ class _CpuRunner:
         return [np.ascontiguousarray(a) for a in arrays]
 
 
-class _CudaRunner(_CpuRunner):
-    """IO binding with the KV caches left on the GPU as OrtValues; only ids go up and hidden/logits come down."""
+class _BoundRunner(_CpuRunner):
+    """IO binding with the KV caches left on the device as OrtValues; only ids go up and hidden/logits come
+    down. Used on CUDA; on CPU it runs too (``io_binding=True``), which is how the tests cover it without a GPU.
+    """
 
-    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any]) -> None:
+    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any],
+                 device: str = "cuda", device_id: int = 0) -> None:
         super().__init__(base, token, config)
-        self.device_id = 0
+        self.device, self.device_id = device, device_id
 
     def _ort(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device_id)
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
 
     def empty(self, shape: GraphShape, batch: int) -> list:
         return [
             ort.OrtValue.ortvalue_from_shape_and_type(
-                (batch, shape.heads, 0, shape.head_dim), shape.dtype, "cuda", self.device_id
+                (batch, shape.heads, 0, shape.head_dim), shape.dtype, self.device, self.device_id
             )
             for _ in range(2 * shape.layers)
         ]
@@ -150,7 +153,7 @@ class _CudaRunner(_CpuRunner):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output(outputs[0], "cpu")
         for name in outputs[1:]:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, self.device, self.device_id)
         start = time.perf_counter()
         session.run_with_iobinding(binding)
         values = binding.get_outputs()
@@ -298,11 +301,14 @@ class Engine:
         provider: str = "auto",
         threads: int = 1,
         window: int | None = None,
+        io_binding: bool | None = None,
     ) -> Engine:
         """Open ``model_dir`` (config.json + model_base.onnx + model_token.onnx, or those in ``onnx/``).
 
         ``provider``: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it). ``threads``: CPU intra-op
-        threads (1 by default: a real-time process wants a predictable, single busy core).
+        threads (1 by default: a real-time process wants a predictable, single busy core). ``window``: most
+        events in the cache (default: the model's 4096). ``io_binding``: keep caches as device OrtValues
+        (default: on for CUDA, off for CPU, where plain numpy feeds are as fast).
         """
         root, graphs = resolve_model_dir(model_dir)
         try:
@@ -330,8 +336,13 @@ class Engine:
             token = ort.InferenceSession(str(token_path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception family
             raise ModelLoadError(f"{graphs}: onnxruntime cannot load the graphs ({exc})") from exc
-        runner_class = _CudaRunner if provider == "cuda" else _CpuRunner
-        return cls(runner_class(base, token, config), config, window=window, provider=provider)
+        if io_binding is None:
+            io_binding = provider == "cuda"
+        if io_binding:
+            runner: _CpuRunner = _BoundRunner(base, token, config, device=provider)
+        else:
+            runner = _CpuRunner(base, token, config)
+        return cls(runner, config, window=window, provider=provider)
 
     # ---- state ----------------------------------------------------------------------------------------
     @property
