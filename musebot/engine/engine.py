@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from musebot.engine.masks import MaskTable, time2_of
+from musebot.engine.masks import Constraints, MaskTable, time2_of
 from musebot.engine.sampling import Rng, SamplerSettings, candidates, choose, draw_uniform, sample_one
 from musebot.tokenizers.vocab import Vocabulary
 
@@ -291,6 +291,7 @@ class Engine:
         self._pinned = False  # whether history row 0 (BOS) is kept in front of a slid window
         self.last_logits: np.ndarray | None = None
         self._default_masks: MaskTable | None = None
+        self._last_table: MaskTable | None = None
         self._param_count = {i: len(self.vocab.events[name]) for name, i in self.vocab.event_ids.items()}
 
     # ---- construction ---------------------------------------------------------------------------------
@@ -477,7 +478,7 @@ class Engine:
     def sample_event(
         self,
         settings: SamplerSettings | None = None,
-        masks: MaskTable | None = None,
+        masks: MaskTable | Constraints | None = None,
         rng: Rng | None = None,
         keep_logits: bool = False,
     ) -> np.ndarray:
@@ -485,11 +486,12 @@ class Engine:
 
         Runs the token model once per token with its own cache, stopping as soon as every branch has all the
         parameters of its event type (spec 3.3: 8 runs for a note, 5 for a tempo change). ``masks`` limits
-        each token to allowed ids (default: the reference's masks); ``rng`` is one Generator or one per branch.
+        each token to allowed ids (default: the reference's masks; a ``Constraints`` is turned into a table once
+        and kept while the same constraints come back); ``rng`` is one Generator or one per branch.
         With ``keep_logits`` the raw logits of each run are kept in ``last_logits`` ``(branches, runs, V)``.
         """
         settings = settings or SamplerSettings()
-        masks = masks or self.default_masks()
+        masks = self._mask_table(masks)
         rng = rng if rng is not None else np.random.default_rng()
         vocab, batch = self.vocab, self.batch
         last_rows = self._history.rows[:, -1] if self.n_events else np.zeros((batch, 8), np.int64)
@@ -532,7 +534,7 @@ class Engine:
     def step(
         self,
         settings: SamplerSettings | None = None,
-        masks: MaskTable | None = None,
+        masks: MaskTable | Constraints | None = None,
         rng: Rng | None = None,
     ) -> np.ndarray:
         """Sample the next event of every branch and append it; returns ``(branches, 8)``."""
@@ -544,7 +546,7 @@ class Engine:
         self,
         n_events: int,
         settings: SamplerSettings | None = None,
-        masks: MaskTable | None = None,
+        masks: MaskTable | Constraints | None = None,
         rng: Rng | None = None,
         stop_at_eos: bool = True,
     ) -> np.ndarray:
@@ -563,6 +565,15 @@ class Engine:
         if not rows:
             return np.zeros((self.batch, 0, 8), np.int64)
         return np.stack(rows, axis=1)
+
+    def _mask_table(self, masks: MaskTable | Constraints | None) -> MaskTable:
+        if masks is None:
+            return self.default_masks()
+        if isinstance(masks, MaskTable):
+            return masks
+        if self._last_table is None or self._last_table.constraints != masks:
+            self._last_table = MaskTable(self.vocab, masks)
+        return self._last_table
 
     def default_masks(self) -> MaskTable:
         """The reference's masks: every event type and eos, full parameter ranges."""
