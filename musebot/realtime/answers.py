@@ -81,6 +81,9 @@ class Answerer:
     def add_notes(self, notes: Sequence[PlayedNote]) -> None:
         """The musician finished these notes (onset order)."""
 
+    def hear(self, t: float, msg: tuple[int, ...]) -> None:
+        """Every musical message of the musician (not musebot's controllers), as received at ``t``."""
+
     def start_answer(self, answer_id: int, due: float, length_s: float) -> None:
         """Play an answer whose first note sounds at ``due``, lasting about ``length_s`` seconds."""
         raise NotImplementedError

@@ -73,6 +73,7 @@ class Duet:
         if midi.is_note_on(msg):
             self._note_on(t)
         self.tracker.handle(t, msg)
+        self.answerer.hear(t, msg)
         ready = self.tracker.release_ready()
         if ready:
             self.answerer.add_notes(ready)
@@ -86,7 +87,7 @@ class Duet:
             self.answerer.stop_answer(self.answer_id, t)
             if self.state == "answering":
                 self.counts["barge_ins"] += 1
-                log.info("barge-in: the musician plays again; answer stopped (%d messages cancelled)", cancelled)
+                log.info("barge-in: the musician plays again; answer stopped (%d cancelled)", cancelled)
         if self.state not in ("listening", "waiting"):
             self.phrase_start = t
             self.answerer.begin_phrase(t)

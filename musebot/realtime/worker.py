@@ -1,0 +1,332 @@
+"""The engine worker: musebot's neural answers, with the model's KV cache kept in step with the performance.
+
+One thread owns the :class:`~musebot.engine.engine.Engine` (ONNX Runtime, no torch) and does, in order of
+priority:
+
+1. **Keep the cache in step**: every musician message goes through the lead's live converter
+   (:class:`~musebot.tokenizers.live.LiveConverter`); each finished note becomes a row and is prefilled at
+   once (Aria's continuous prefill, spec ``realtime-field.md`` §1.3), so an answer costs no prompt pass.
+2. **Play an answer** when one is due: rows already pre-generated are scheduled at once, more are generated
+   one event at a time and scheduled as they come, until the answer is as long as asked.
+3. **Speculate**: otherwise pre-generate the likely continuation (``speculate_events`` rows). A new note makes
+   it stale: it is rolled back (``Engine.rollback``) before the note's row is appended.
+
+Times: the first answer note sounds exactly when due (the silence after the call); later notes keep the
+model's rhythm from there. The converter's clock is then re-anchored so that the musician's next notes
+are placed in the model's timeline right after what musebot played. Sampling is seeded per context length
+(``[seed, n_events]``), so the same performance with the same seed gives the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mido
+import numpy as np
+
+from musebot.realtime.answers import Answerer, AnswerSlot
+from musebot.realtime.clock import now
+from musebot.realtime.config import ServeConfig
+
+if TYPE_CHECKING:
+    from musebot.engine.engine import Engine
+    from musebot.tokenizers.live import LiveConverter
+
+log = logging.getLogger(__name__)
+
+ANSWER_TRACK = 1  # musebot's notes live on track 1 (with the musician's channel 0 when they share it)
+MAX_GAP_STEPS = 32  # an answer never pauses more than 2 beats between onsets (spec 2.4: 16 steps a beat)
+MAX_DURATION_STEPS = 64  # nor holds a note longer than 4 beats
+PIANO_RANGE = (21, 108)  # A0..C8: answers stay on the keyboard the musician plays
+
+
+@dataclass
+class _Answer:
+    answer_id: int
+    due: float
+    length_s: float
+    next_index: int = 0  # index in the worker's rows-ahead of the next row to schedule
+    first_step: int | None = None
+    done: bool = False
+    onsets: list[float] = field(default_factory=list)  # real onset of each scheduled row (rows-ahead order)
+
+
+@dataclass
+class WorkerStats:
+    """Generation figures: events generated, their musical length and the compute they took."""
+
+    events: int = 0
+    music_s: float = 0.0
+    compute_s: float = 0.0
+    prefill_rows: int = 0
+    rollbacks: int = 0
+    answers: int = 0
+    late_rows: int = 0  # answer rows generated after their onset had passed
+
+    @property
+    def headroom(self) -> float:
+        """Seconds of music generated per second of compute (> 1: faster than it is played)."""
+        return self.music_s / self.compute_s if self.compute_s else float("inf")
+
+
+class ModelAnswerer(Answerer):
+    """Answers with a SkyTNT model through :class:`~musebot.engine.engine.Engine` (see module docstring)."""
+
+    name = "model"
+
+    def __init__(self, engine: Engine, slot: AnswerSlot, config: ServeConfig) -> None:
+        from musebot.engine.masks import Constraints, MaskTable
+        from musebot.engine.sampling import SamplerSettings
+        from musebot.tokenizers import MIDITokenizer
+        from musebot.tokenizers.live import LiveConverter
+
+        self.engine = engine
+        self.slot = slot
+        self.config = config
+        self.tokenizer = MIDITokenizer.from_dict(engine.config["tokenizer"])
+        self._settings_class = SamplerSettings
+        self.settings = SamplerSettings(
+            temperature=config.temperature, top_p=config.top_p, top_k=config.top_k
+        )
+        self._converter_class = LiveConverter
+        self.converter = self._new_converter(now())
+        self.masks = MaskTable(engine.vocab, Constraints(
+            event_types=frozenset({"note"}), allow_eos=False, channels=frozenset({config.answer_channel}),
+            tracks=frozenset({ANSWER_TRACK}), max_time_gap=MAX_GAP_STEPS, max_duration=MAX_DURATION_STEPS,
+            pitch_range=PIANO_RANGE,
+        ))
+        self.stats = WorkerStats()
+        self._steps_per_s = 16 * config.bpm / 60.0
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._answer: _Answer | None = None
+        self._busy = False
+        self._ahead: list[list[int]] = []  # rows generated beyond the committed context (in the cache)
+        self._ahead_steps: list[int] = []  # their absolute grid steps
+        self._rng = None
+        self._first_message = True
+        engine.reset()
+        engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
+        self._committed = engine.n_events
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="musebot-engine", daemon=True)
+        self._thread.start()
+
+    def _new_converter(self, start_time: float) -> LiveConverter:
+        return self._converter_class(
+            self.tokenizer, bpm=self.config.bpm, start_time=start_time,
+            channel_tracks={self.config.answer_channel: ANSWER_TRACK},
+        )
+
+    @classmethod
+    def load(cls, model_dir: str | Path, slot: AnswerSlot, config: ServeConfig) -> ModelAnswerer:
+        """Open an exported model folder (``musebot export``) on the CPU or CUDA, whichever onnxruntime has."""
+        from musebot.engine.engine import Engine, ModelLoadError
+        from musebot.realtime.errors import RealtimeError
+
+        try:
+            engine = Engine.load(model_dir, provider="auto", threads=1)
+        except ModelLoadError as exc:
+            raise RealtimeError(str(exc)) from exc
+        log.info("model %s loaded (%s); answers come from it", model_dir, engine.provider)
+        return cls(engine, slot, config)
+
+    # ---- the Answerer interface (listener thread: only enqueue) --------------------------------------
+    def hear(self, t: float, msg: tuple[int, ...]) -> None:
+        self._commands.put(("msg", t, msg))
+
+    def start_answer(self, answer_id: int, due: float, length_s: float) -> None:
+        self._busy = True
+        self._commands.put(("answer", answer_id, due, length_s))
+
+    def stop_answer(self, answer_id: int, t: float) -> None:
+        self._commands.put(("stop", answer_id, t))
+
+    def set_temperature(self, temperature: float) -> None:
+        self._commands.put(("temperature", temperature))
+
+    def busy(self) -> bool:
+        return self._busy
+
+    def close(self) -> None:
+        self._running = False
+        self._commands.put(("quit",))
+        self._thread.join(2.0)
+
+    # ---- the worker thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while self._running:
+            try:
+                self._step()
+            except Exception:  # the musician must not lose the daemon to a model error
+                log.exception("engine worker: error; dropping the speculation and any answer in progress")
+                self._drop_answer()
+                self._rollback_ahead()
+
+    def _step(self) -> None:
+        # Commands first: a new note must reach the cache before more is guessed from a stale one.
+        answer = self._answer
+        if answer is None:
+            idle = len(self._ahead) >= self.config.speculate_events
+        else:  # an answer fully scheduled only waits for its end
+            idle = answer.done
+        try:
+            command = self._commands.get(timeout=0.02 if idle else 0.0)
+        except queue.Empty:
+            command = None
+        while command is not None:
+            self._do(command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                command = None
+        answer = self._answer
+        if answer is not None and not answer.done:
+            self._advance_answer(answer)
+        elif answer is not None and now() >= answer.due + answer.length_s:
+            self._finish_answer(now())  # played to its end: it joins the context
+        elif answer is None:
+            rows = self.converter.advance(now()).rows  # notes held past the converter's limit
+            if rows:
+                self._append_played(rows)
+            elif len(self._ahead) < self.config.speculate_events:
+                self._generate_one()
+
+    def _do(self, command: tuple) -> None:
+        kind = command[0]
+        if kind == "msg":
+            _, t, msg = command
+            if self._first_message:
+                # The session's grid starts at the musician's first message, so a replay of the same
+                # performance gives the same rows whatever the wall-clock time.
+                self._first_message = False
+                self.converter = self._new_converter(t)
+            rows = self.converter.feed(mido.Message.from_bytes(list(msg)), t).rows
+            if rows:
+                self._append_played(rows)
+        elif kind == "answer":
+            _, answer_id, due, length_s = command
+            self._drop_answer()
+            self._answer = _Answer(answer_id, due, length_s)
+            self.stats.answers += 1
+        elif kind == "stop":
+            _, answer_id, t = command
+            if self._answer is not None and self._answer.answer_id == answer_id:
+                self._finish_answer(t)
+        elif kind == "temperature":
+            self.settings = self._settings_class(
+                temperature=command[1], top_p=self.settings.top_p, top_k=self.settings.top_k
+            )
+        elif kind == "quit":
+            self._running = False
+
+    # ---- context -------------------------------------------------------------------------------------
+    def _append_played(self, rows: Sequence[Sequence[int]]) -> None:
+        """The musician's finished notes enter the cache; what was guessed beyond them is stale."""
+        if self._answer is not None:
+            self._finish_answer(now())
+        self._rollback_ahead()
+        self.engine.append(np.asarray(rows, np.int64))
+        self._committed = self.engine.n_events
+        self.stats.prefill_rows += len(rows)
+
+    def _rollback_ahead(self) -> None:
+        if self.engine.n_events > self._committed:
+            self.engine.rollback(self._committed)
+            self.stats.rollbacks += 1
+        self._ahead.clear()
+        self._ahead_steps.clear()
+        self._rng = None
+
+    def _generate_one(self) -> bool:
+        """Sample one more event beyond the context (or the rows already ahead); False on a non-note."""
+        if self._rng is None:
+            # Seeded by the context length: the same performance and seed give the same continuation.
+            self._rng = np.random.default_rng([self.config.seed, self._committed])
+        start = now()
+        row = self.engine.step(self.settings, self.masks, self._rng)[0].tolist()
+        elapsed = now() - start
+        event = self.tokenizer.row_to_event(row)
+        if event is None or event[0] != "note":
+            log.debug("engine worker: unusable row %s", row)
+            return False
+        previous_beat = self._ahead_steps[-1] // 16 if self._ahead_steps else self.converter.encoder.beat
+        beat = previous_beat + event[1]
+        step = beat * 16 + event[2]
+        if self._ahead_steps:
+            # time2 is absolute in the beat (spec 2.4), so time1 = 0 with a smaller time2 would go back in
+            # time; a sampled row may do that, the played answer never does.
+            step = max(step, self._ahead_steps[-1])
+        gap = step - (self._ahead_steps[-1] if self._ahead_steps else step)
+        self._ahead.append(row)
+        self._ahead_steps.append(step)
+        self.stats.events += 1
+        self.stats.compute_s += elapsed
+        self.stats.music_s += gap / self._steps_per_s
+        return True
+
+    # ---- answers -------------------------------------------------------------------------------------
+    def _advance_answer(self, answer: _Answer) -> None:
+        """Schedule the rows ahead that are not yet scheduled; generate one more when none is left."""
+        if answer.next_index >= len(self._ahead) and not self._generate_one():
+            return
+        notes = []
+        while answer.next_index < len(self._ahead):
+            i = answer.next_index
+            step = self._ahead_steps[i]
+            if answer.first_step is None:
+                answer.first_step = step
+            onset = answer.due + (step - answer.first_step) / self._steps_per_s
+            if onset - answer.due >= answer.length_s:
+                answer.done = True
+                break
+            event = self.tokenizer.row_to_event(self._ahead[i])
+            _, _, _, _, _channel, pitch, velocity, duration = event
+            end = min(onset + duration / self._steps_per_s, answer.due + answer.length_s)
+            if onset < now():
+                self.stats.late_rows += 1
+            notes.append((onset, end, pitch, velocity))
+            answer.onsets.append(onset)
+            answer.next_index += 1
+        if notes:
+            self.slot.play(answer.answer_id, notes)
+
+    def _finish_answer(self, t: float) -> None:
+        """The answer is over at ``t``: rows of notes that started before ``t`` join the context."""
+        answer = self._answer
+        self._answer = None
+        self._busy = False
+        if answer is None:
+            return
+        keep = sum(1 for onset in answer.onsets if onset < t)
+        if keep == 0:
+            self._rollback_ahead()
+            return
+        self.engine.rollback(self._committed + keep)
+        for row in self._ahead[:keep]:
+            self.converter.encoder.advance(row)
+        self._committed = self.engine.n_events
+        # Re-anchor the converter: the answer's first note (grid step first_step) sounded at ``due``.
+        self._reanchor(answer.due, answer.first_step)
+        self._ahead.clear()
+        self._ahead_steps.clear()
+        self._rng = None
+
+    def _drop_answer(self) -> None:
+        if self._answer is not None:
+            self._answer = None
+            self._busy = False
+
+    def _reanchor(self, time_s: float, step: int) -> None:
+        """Make ``time_s`` map to grid ``step`` in the converter, keeping its tempo.
+
+        The live converter has no public way to move its origin; its ``set_tempo`` records ``(seconds,
+        ticks, bpm)`` of the last change, which is exactly the anchor (kept in step with that method).
+        """
+        converter = self.converter
+        converter._tempo_origin = (time_s, step * converter.tpb / 16, converter.bpm)

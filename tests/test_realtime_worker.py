@@ -1,0 +1,145 @@
+"""Model answers: a real ONNX engine over the tiny reference checkpoint (exported here) answers the musician.
+
+No fake generator: the answer's notes are sampled by musebot.engine from the exported sky_shared graphs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from musebot.realtime import midi
+from musebot.realtime.answers import AnswerSlot
+from musebot.realtime.clock import now
+from musebot.realtime.config import ServeConfig
+from musebot.realtime.duet import Duet
+from musebot.realtime.outputs import MemoryOutput
+from musebot.realtime.scheduler import Scheduler
+from musebot.realtime.worker import ModelAnswerer
+from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
+
+SCALE = [60, 62, 64, 65, 67, 65, 64, 62]
+NOTE_S = 0.1
+SILENCE_S = 0.3
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, reference_dir) -> Path:
+    from musebot.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("sky_shared_onnx")
+    export_onnx(reference_dir / "sky_shared", out)
+    return out
+
+
+class Session:
+    """A duet over memory outputs with the real model answering; timestamps are given, not waited for."""
+
+    def __init__(self, model_dir: Path, seed: int = 0) -> None:
+        self.config = ServeConfig(silence_ms=SILENCE_S * 1000, seed=seed)
+        self.scheduler = Scheduler().start()
+        self.out = MemoryOutput()
+        self.slot = AnswerSlot(self.scheduler, [self.out])
+        self.answerer = ModelAnswerer.load(model_dir, self.slot, self.config)
+        self.duet = Duet(self.config, self.scheduler, [self.out], self.slot, self.answerer)
+
+    def play(self, pitches=SCALE, start: float | None = None) -> float:
+        """Play the phrase with exact timing starting at ``start``; returns the release of the last note."""
+        t = now() if start is None else start
+        for pitch in pitches:
+            self.duet.handle(t, midi.note_on(0, pitch, 90))
+            t += NOTE_S
+            self.duet.handle(t, midi.note_off(0, pitch))
+        return t
+
+    def run_until(self, t_end: float) -> None:
+        while now() < t_end:
+            self.duet.tick(now())
+            time.sleep(0.002)
+
+    def answer(self) -> list[tuple[float, tuple[int, ...]]]:
+        return [(t, m) for t, m in self.out.sent if midi.is_note_on(m)]
+
+    def close(self) -> None:
+        self.answerer.close()
+        self.scheduler.stop()
+
+
+def test_the_model_answers_on_time_on_its_channel_and_releases_every_note(model_dir):
+    session = Session(model_dir)
+    try:
+        release = session.play(start=now())
+        session.run_until(release + SILENCE_S + 2.0)
+        ons = session.answer()
+        assert ons, "the model gave no answer"
+        due = release + SILENCE_S
+        assert ons[0][0] >= due  # never early; how late is measured by `musebot bench-realtime`
+        assert session.slot.first_due[session.duet.answer_id] == pytest.approx(due)
+        assert all(midi.channel_of(m) == session.config.answer_channel for _, m in ons)
+        assert all(21 <= m[1] <= 108 for _, m in ons)
+        assert session.out.ledger.sounding() == []
+        # The cache holds the call (BOS + 8 notes) and the answer that was played, nothing stale.
+        assert session.answerer.engine.n_events >= 1 + len(SCALE) + len(ons)
+        assert session.answerer.stats.headroom > 1.0
+    finally:
+        session.close()
+
+
+def answer_pitches(model_dir: Path, seed: int) -> list[int]:
+    session = Session(model_dir, seed=seed)
+    try:
+        release = session.play(start=now())
+        session.run_until(release + SILENCE_S + 1.5)
+        return [m[1] for _, m in session.answer()]
+    finally:
+        session.close()
+
+
+def test_the_same_performance_and_seed_give_the_same_answer(model_dir):
+    first = answer_pitches(model_dir, seed=7)
+    assert first
+    assert answer_pitches(model_dir, seed=7) == first
+    others = [answer_pitches(model_dir, seed=s) for s in (8, 9)]
+    assert any(o != first for o in others)
+
+
+def test_playing_before_the_answer_is_due_continues_the_phrase_and_rolls_back_the_guess(model_dir):
+    session = Session(model_dir)
+    try:
+        release = session.play(SCALE[:4], start=now())
+        time.sleep(0.05)  # the worker pre-generates from the first half
+        release = session.play(SCALE[4:], start=max(now(), release + 0.1))
+        session.run_until(release + SILENCE_S + 1.0)
+        assert session.duet.counts["barge_ins"] == 0
+        assert session.answerer.stats.rollbacks >= 1
+        ons = session.answer()
+        assert ons and ons[0][0] >= release + SILENCE_S
+    finally:
+        session.close()
+
+
+@requires_jackd
+@pytest.mark.jack
+def test_musebot_serve_with_a_model_answers_through_jack(model_dir):
+    from musebot.realtime.daemon import Daemon, ServeOptions
+
+    with jack_server("-model"):
+        config = ServeConfig(silence_ms=SILENCE_S * 1000, seed=1)
+        daemon = Daemon(config, ServeOptions(model=str(model_dir))).start()
+        try:
+            assert daemon.answerer.name == "model"
+            musician = Musician()
+            try:
+                release = musician.play([(p, NOTE_S) for p in SCALE])
+                heard = musician.wait_for(lambda h: len(note_ons(h)) >= 1, timeout=3)
+                time.sleep(1.5)
+                heard = musician.snapshot()
+            finally:
+                musician.close()
+            assert note_ons(heard)
+            assert note_ons(heard)[0][0] >= release + SILENCE_S - 0.005
+            assert hanging_notes(heard) == set()
+        finally:
+            daemon.close()
