@@ -143,6 +143,24 @@ def test_window_slides_past_its_limit_keeping_bos(model_dir, prompt):
     assert small.n_events == 127 and small.context_length <= 32
 
 
+def test_slide_can_be_asked_for_at_a_quiet_moment(model_dir, prompt):
+    engine = Engine.load(model_dir, provider="cpu", window=32)
+    engine.append(prompt[:30])
+    assert engine.slide() and engine.context_length == engine.slide_keep == 24
+    assert not engine.slide()  # nothing more to drop
+    context = np.concatenate([prompt[:1], prompt[30 - 23 : 30]])
+    np.testing.assert_allclose(engine.hidden, engine.hidden_uncached(context[None])[:, -1], atol=TOL)
+
+
+def test_smallest_window_keeps_bos_and_the_last_event(model_dir, prompt):
+    engine = Engine.load(model_dir, provider="cpu", window=2)
+    engine.append(prompt[:3])
+    engine.generate(4, WIDE, NO_EOS, np.random.default_rng(0))
+    assert engine.context_length == 2
+    context = engine.rows[:, [0, -1]]
+    np.testing.assert_allclose(engine.hidden, engine.hidden_uncached(context)[:, -1], atol=TOL)
+
+
 def test_same_seed_same_events_different_seed_different_events(fresh, prompt):
     masks = NO_EOS  # plain constraints work too: the engine builds and keeps their table
     first = fresh.generate(30, WIDE, masks, np.random.default_rng(11))

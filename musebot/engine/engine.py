@@ -412,16 +412,18 @@ class Engine:
             self._history.set_hidden(n_before, hidden)
         return self.hidden
 
-    def _refill(self, n_events: int) -> None:
-        """Rebuild the cache for history ``[:n_events]``: the newest rows that fit, behind a pinned BOS row.
+    def _refill(self, n_events: int, keep: int | None = None) -> None:
+        """Rebuild the cache for history ``[:n_events]``: the newest ``keep`` rows, behind a pinned BOS row.
 
-        After a slide the context is cut to three quarters of the window, so the next re-prefill comes a
-        quarter window later instead of on every event.
+        By default everything is kept if it fits, else three quarters of the window, so the next re-prefill
+        comes a quarter window later instead of on every event.
         """
         self._history.truncate(n_events)
         history = self._history.rows
         pin = n_events > 0 and bool(np.all(history[:, 0, 0] == self.vocab.bos_id))
-        keep = n_events if n_events <= self.window else max(1, self.window * 3 // 4)
+        if keep is None:
+            keep = n_events if n_events <= self.window else self.slide_keep
+        keep = min(n_events, keep)
         start = n_events - keep
         if start > 0 and pin:
             start += 1  # the pinned BOS row takes one place of the window
@@ -436,6 +438,22 @@ class Engine:
         log.debug("context refill: %d events from history row %d (BOS pinned: %s)", context.shape[1], start, pin)
         hidden, self._past = self.runner.run_base(context, self._past)
         self._history.set_hidden(start, hidden[:, int(pin):])
+
+    @property
+    def slide_keep(self) -> int:
+        """Rows (BOS included) a slide keeps: three quarters of the window, at least BOS and the last event."""
+        return max(2, self.window * 3 // 4)
+
+    def slide(self) -> bool:
+        """Slide the window now if the context is longer than ``slide_keep``; returns whether it did.
+
+        A slide re-prefills ``slide_keep`` events, which takes as long as a prefill of that length; a real-time
+        caller can call this at a quiet moment (between phrases) instead of letting ``append`` do it mid-phrase.
+        """
+        if self.context_length <= self.slide_keep:
+            return False
+        self._refill(self.n_events, self.slide_keep)
+        return True
 
     def rollback(self, n_events: int) -> None:
         """Return to the state after the first ``n_events`` rows: later rows leave the history and the cache."""
