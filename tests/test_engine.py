@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -327,7 +328,6 @@ def test_importing_the_engine_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-ort = pytest.importorskip("onnxruntime")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
@@ -414,5 +414,18 @@ def test_bench_reports_every_figure(model_dir, reference_dir, capsys):
     assert figures["base_graph"] == {"layers": 4, "heads": 4, "head_dim": 16}
     assert figures["token_graph"] == {"layers": 1, "heads": 1, "head_dim": 64}
     # Without torch weights the torch baseline says why it is missing instead of failing.
-    assert main(["bench", "--model", str(model_dir), "--context", "16", "--events", "2", "--json"]) == 0
-    assert "checkpoint" in json.loads(capsys.readouterr().out)["torch_eager"]["skipped"]
+    assert main(["bench", "--model", str(model_dir), "--context", "16", "--events", "2"]) == 0
+    report = capsys.readouterr().out
+    assert "(a) engine, KV cache" in report and "% of model time" in report
+    assert "torch eager, KV cache  skipped: no torch checkpoint" in report
+
+
+def test_hugging_face_layout_with_graphs_in_an_onnx_folder_loads(model_dir, tmp_path, prompt):
+    import shutil
+
+    (tmp_path / "onnx").mkdir()
+    shutil.copy(model_dir / "config.json", tmp_path)
+    for name in ("model_base.onnx", "model_token.onnx"):
+        shutil.copy(model_dir / name, tmp_path / "onnx")
+    engine = Engine.load(tmp_path, provider="cpu")
+    assert engine.append(prompt[:4]).shape == (1, 64)
