@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "musebot.export.cli",
     "musebot.engine.cli",
     "musebot.data.cli",
+    "musebot.train.cli",
     "musebot.realtime.cli",
 ]
 

@@ -83,6 +83,7 @@ def _to_midi_bytes(item: Music21Item) -> bytes:
         parsed = converter.parse(item.path)
     if isinstance(parsed, stream.Opus):
         parsed = parsed.scores[0]
+    _unshare_time_signatures(parsed)
     midi_file = midi.translate.streamToMidiFile(parsed)
     raw = midi_file.writestr()
     # Re-channel with mido: music21 puts every part on channel 0.
@@ -99,6 +100,25 @@ def _to_midi_bytes(item: Music21Item) -> bytes:
     out = io.BytesIO()
     mid.save(file=out)
     return out.getvalue()
+
+
+def _unshare_time_signatures(score) -> None:
+    """Give every measure its own TimeSignature object.
+
+    music21's abc reader puts one TimeSignature object into several measures of tunes that change metre;
+    MIDI export then fails ("already found in this Stream"). Copies fix it without changing the music.
+    """
+    import copy
+
+    from music21 import meter, stream
+
+    seen: set[int] = set()
+    for measure in score.recurse().getElementsByClass(stream.Measure):
+        for ts in list(measure.getElementsByClass(meter.TimeSignature)):
+            if id(ts) in seen:
+                measure.replace(ts, copy.deepcopy(ts))
+            else:
+                seen.add(id(ts))
 
 
 def _convert_one(args: tuple[Music21Item, str]) -> tuple[str, str | None]:
