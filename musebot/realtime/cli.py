@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_session_arguments(demo)
     demo.add_argument("--out", default="musebot-demo", help="folder for duet.mid, duet.wav and duet.png")
+    demo.add_argument("--replay", metavar="FILE.mid",
+                      help="play the musician's part of a recorded session (with its seed) instead")
     demo.set_defaults(func=run_demo)
 
     bench = subparsers.add_parser(
