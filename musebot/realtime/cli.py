@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--notes", type=int, default=1000, help="scheduled notes to measure (>= 1000)")
     bench.add_argument("--model", help="exported model folder: measure generation headroom and answer latency")
     bench.add_argument("--bpm", type=float, default=120.0)
+    bench.add_argument("--phrases", type=int, default=8, help="calls answered for the answer latency")
+    bench.add_argument("--jack-server", help="use this running JACK server instead of a private one")
     bench.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     bench.set_defaults(func=run_bench)
 

@@ -1,0 +1,273 @@
+"""``musebot bench-realtime``: timing figures of the real-time path over a real JACK server.
+
+Measured, all on the one clock (spec ``realtime-field.md`` §6 goals: thru <= 10 ms added latency and
+<= 1 ms p99 jitter; >= 99.9 % of notes within +-2 ms; model takeover -> first note <= 250 ms on CPU):
+
+* ``scheduling``: ``|sent - due|`` of >= 1000 scheduled notes (2 messages each) on a JACK port, and
+  ``arrival - due`` at a client listening to that port (adds JACK's one-period hop);
+* ``thru``: musician's note-on sent to ``musebot:in`` -> arrival from ``musebot-out:out`` (``--thru``);
+* ``answer``: the moment an answer is due -> its first note-on arriving from ``musebot-out:out``, for the
+  model answerer when ``--model`` is given (else the echo answerer, labelled so);
+* ``generation``: the engine's events per second and headroom, seconds of music generated per second of
+  compute (answer-style sampling: notes only), when ``--model`` is given.
+
+A private ``jackd -d dummy -r 48000 -p 64`` is started (and stopped) unless ``--jack-server`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+from musebot.realtime import midi, ports
+from musebot.realtime.clock import now
+from musebot.realtime.config import ServeConfig
+from musebot.realtime.errors import NoMidiSystemError
+from musebot.realtime.outputs import RtMidiOutput
+from musebot.realtime.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+def _percentiles(values_s: list[float]) -> dict:
+    if not values_s:
+        return {"n": 0}
+    ms = np.asarray(values_s) * 1e3
+    return {
+        "n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+class _Probe:
+    """A JACK client: an ear on one port (arrival times) and optionally a key into another."""
+
+    def __init__(self, listen_to: str, play_to: str | None = None) -> None:
+        rtmidi = ports._rtmidi()
+        self.heard: list[tuple[float, tuple[int, ...]]] = []
+        self._lock = threading.Lock()
+        self.ear = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="bench-ear")
+        self.ear.set_callback(self._hear)
+        self.ear.open_port(self._find(self.ear, listen_to), "in")
+        self.key = None
+        if play_to:
+            self.key = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="bench-key")
+            self.key.open_port(self._find(self.key, play_to), "out")
+
+    @staticmethod
+    def _find(client, name: str) -> int:
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            names = client.get_ports()
+            if name in names:
+                return names.index(name)
+            time.sleep(0.02)
+        raise NoMidiSystemError(f"JACK port {name!r} did not appear")
+
+    def _hear(self, event, _data) -> None:
+        t = now()
+        with self._lock:
+            self.heard.append((t, tuple(event[0])))
+
+    def send(self, msg: tuple[int, ...]) -> float:
+        t = now()
+        self.key.send_message(list(msg))
+        return t
+
+    def note_ons(self) -> list[tuple[float, tuple[int, ...]]]:
+        with self._lock:
+            return [(t, m) for t, m in self.heard if midi.is_note_on(m)]
+
+    def close(self) -> None:
+        for client in (self.ear, self.key):
+            if client is not None:
+                client.close_port()
+                client.delete()
+
+
+def bench_scheduling(n_notes: int, spacing_s: float = 0.004) -> dict:
+    """``n_notes`` notes through the scheduler to a virtual JACK port, heard by a second client."""
+    api = ports.api_id("jack")
+    out = RtMidiOutput(api, "bench-sched", "out", virtual=True)
+    probe = _Probe("bench-sched:out")
+    sched = Scheduler(late_s=0.002, drop_late_s=1.0)
+    due_of: dict[tuple[int, int], float] = {}
+    try:
+        sched.start()
+        start = now() + 0.2
+        items = []
+        for i in range(n_notes):
+            due = start + i * spacing_s
+            # Pitch and velocity encode the index, so each arrival is matched to its own deadline.
+            pitch, velocity = 20 + i % 100, 1 + (i // 100) % 126
+            due_of[(pitch, velocity)] = due
+            items.append((due, out, midi.note_on(0, pitch, velocity)))
+            items.append((due + spacing_s / 2, out, midi.note_off(0, pitch)))
+        sched.schedule_many(items)
+        time.sleep(0.4 + n_notes * spacing_s)
+        errors = list(sched.stats.errors)
+        arrivals = [t - due_of[(m[1], m[2])] for t, m in probe.note_ons() if (m[1], m[2]) in due_of]
+        within_2ms = float(np.mean(np.abs(errors) <= 0.002)) if errors else 0.0
+        return {
+            "notes": n_notes, "messages_sent": sched.stats.sent, "late_over_2ms": sched.stats.late,
+            "dropped": sched.stats.dropped_late, "share_within_2ms": round(within_2ms, 5),
+            "abs_sent_minus_due": _percentiles([abs(e) for e in errors]),
+            "arrival_minus_due": _percentiles(arrivals), "arrivals": len(arrivals),
+        }
+    finally:
+        sched.stop()
+        probe.close()
+        out.close()
+
+
+def bench_thru(n_notes: int = 300) -> dict:
+    """Note-on into ``musebot:in`` -> the same note out of ``musebot-out:out`` (listen mode, --thru)."""
+    from musebot.realtime.daemon import Daemon, ServeOptions
+
+    daemon = Daemon(ServeConfig(thru=True), ServeOptions(mode="listen", answer="echo")).start()
+    probe = _Probe("musebot-out:out", play_to="musebot:in")
+    try:
+        time.sleep(0.1)
+        sent = {}
+        for i in range(n_notes):
+            pitch = 30 + i % 60
+            sent[i] = probe.send((0x90, pitch, 1 + i % 127))
+            time.sleep(0.003)
+            probe.send((0x80, pitch, 0))
+            time.sleep(0.003)
+        time.sleep(0.2)
+        ons = probe.note_ons()
+        latencies = [t - sent[i] for i, (t, _m) in enumerate(ons[:n_notes])]
+        return {"notes": n_notes, "received": len(ons), "latency": _percentiles(latencies)}
+    finally:
+        probe.close()
+        daemon.close()
+
+
+def bench_answers(model: str | None, phrases: int, bpm: float) -> dict:
+    """Call and response through JACK: due moment -> first answer note-on at the musician's port."""
+    from musebot.realtime.daemon import Daemon, ServeOptions
+
+    config = ServeConfig(bpm=bpm, silence_ms=300, seed=1)
+    daemon = Daemon(config, ServeOptions(model=model, answer="model" if model else "echo")).start()
+    probe = _Probe("musebot-out:out", play_to="musebot:in")
+    latencies, missing = [], 0
+    try:
+        time.sleep(0.1)
+        scale = [60, 62, 64, 65, 67, 69, 71, 72]
+        for k in range(phrases):
+            before = len(probe.note_ons())
+            for j in range(len(scale)):
+                p = scale[(j + k) % len(scale)]
+                probe.send((0x90, p, 80))
+                time.sleep(0.1)
+                probe.send((0x80, p, 0))
+            end = now() + 1.0
+            while daemon.duet.state != "waiting" and now() < end:  # the listener saw the last release
+                time.sleep(0.001)
+            answer_id = daemon.duet.answer_id
+            end = now() + 0.3 + 2.0
+            while now() < end and len(probe.note_ons()) == before:
+                time.sleep(0.002)
+            due = daemon.slot.first_due.get(answer_id)
+            ons = probe.note_ons()[before:]
+            if due is None or not ons:
+                missing += 1
+            else:
+                latencies.append(ons[0][0] - due)
+            # Let the answer play out before the next call (the answer is as long as the call).
+            while daemon.duet.state != "idle" and now() < end + 3:
+                time.sleep(0.01)
+        figures = {"answerer": daemon.answerer.name, "phrases": phrases, "missing": missing,
+                   "first_note_minus_due": _percentiles(latencies)}
+        stats = getattr(daemon.answerer, "stats", None)
+        if stats is not None:
+            figures["worker"] = {"events": stats.events, "late_rows": stats.late_rows,
+                                 "rollbacks": stats.rollbacks, "headroom": round(stats.headroom, 2)}
+        return figures
+    finally:
+        probe.close()
+        daemon.close()
+
+
+def bench_generation(model: str, events: int, bpm: float) -> dict:
+    """Engine speed with the answer masks (notes only): events/s and seconds of music per compute second."""
+    from musebot.engine.engine import Engine
+    from musebot.engine.masks import Constraints, MaskTable
+    from musebot.engine.sampling import SamplerSettings
+    from musebot.realtime.worker import MAX_DURATION_STEPS, MAX_GAP_STEPS, PIANO_RANGE
+
+    engine = Engine.load(model, provider="auto", threads=1)
+    masks = MaskTable(engine.vocab, Constraints(
+        event_types=frozenset({"note"}), allow_eos=False, max_time_gap=MAX_GAP_STEPS,
+        max_duration=MAX_DURATION_STEPS, pitch_range=PIANO_RANGE,
+    ))
+    engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
+    rng = np.random.default_rng(0)
+    offset = engine.vocab.parameter_offsets
+    steps, start = 0, now()
+    per_event = []
+    for _ in range(events):
+        t = now()
+        row = engine.step(SamplerSettings(), masks, rng)[0]
+        per_event.append(now() - t)
+        steps += 16 * int(row[1] - offset["time1"])  # whole beats since the previous event
+    compute = now() - start
+    music = steps / 16 * 60.0 / bpm
+    return {
+        "provider": engine.provider, "events": events, "events_per_s": round(events / compute, 1),
+        "per_event": _percentiles(per_event), "music_s": round(music, 2), "compute_s": round(compute, 3),
+        "headroom": round(music / compute, 2) if compute else None,
+    }
+
+
+def run_realtime_bench(args: argparse.Namespace) -> dict:
+    """Run every measurement; returns the figures (``musebot bench-realtime`` prints them as JSON)."""
+    if args.notes < 1000:
+        raise ValueError("--notes must be at least 1000")
+    server = getattr(args, "jack_server", None)
+    process = None
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    if server is None:
+        jackd = shutil.which("jackd")
+        if jackd is None:
+            raise NoMidiSystemError("jackd is not installed (apt install jackd2): the benchmark runs over JACK")
+        server = f"musebot-bench-{os.getpid()}"
+        process = subprocess.Popen([jackd, "-n", server, "-d", "dummy", "-r", "48000", "-p", "64"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while not ports.jack_running(server):
+            if process.poll() is not None or time.monotonic() > end:
+                raise NoMidiSystemError("could not start jackd -d dummy for the benchmark")
+            time.sleep(0.05)
+    os.environ["JACK_DEFAULT_SERVER"] = server
+    try:
+        figures = {
+            "jack": {"server": server, "driver": "dummy", "rate": 48000, "period": 64, "hop_ms": 1.333},
+            "scheduling": bench_scheduling(args.notes),
+            "thru": bench_thru(),
+            "answer": bench_answers(args.model, phrases=getattr(args, "phrases", 8), bpm=args.bpm),
+        }
+        if args.model:
+            figures["generation"] = bench_generation(args.model, events=256, bpm=args.bpm)
+        else:
+            figures["generation"] = "no --model given: pass an exported model folder to measure headroom"
+        return figures
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(5)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
