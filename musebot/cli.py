@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "musebot.engine.cli",
     "musebot.data.cli",
     "musebot.train.cli",
+    "musebot.eval.cli",
     "musebot.realtime.cli",
 ]
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from musebot.data.build import BuildOptions, build_dataset
+from musebot.data.dataset import TokenDataset, row_onsets
+from musebot.eval.evaluate import notes_from_rows, split_prompt
+from musebot.eval.markov import MarkovChain
 from musebot.eval.metrics import (
     NoteList,
     compute_all,
@@ -17,6 +22,7 @@ from musebot.eval.metrics import (
     pitch_class_histogram_entropy,
     scale_consistency,
 )
+from musebot.tokenizers import MIDITokenizer
 
 BAR = 64  # 4/4 on the 16-steps-per-beat grid
 
@@ -135,3 +141,53 @@ def test_window_shifts_onsets_to_the_window_start():
     tail = piece.window(BAR)
     assert tail.onsets.tolist() == [0, BAR + 3]
     assert tail.pitches.tolist() == [62, 64]
+
+
+# ---- the Markov baseline and the evaluation protocol -------------------------------------------------------
+
+
+def _note_row(vocab, time1: int, time2: int, pitch: int, channel: int = 0) -> list[int]:
+    return vocab.event_to_row(["note", time1, time2, 1, channel, pitch, 90, 8])
+
+
+def test_markov_chain_replays_the_only_transition_it_has_seen():
+    vocab = MIDITokenizer("v2", True).vocab
+    c, e, g = (np.array(_note_row(vocab, 1, 0, p)) for p in (60, 64, 67))
+    chain = MarkovChain.fit([np.stack([c, e, g, c, e, g])], vocab.eos_id)
+    assert chain.n_states == 3
+    rng = np.random.default_rng(0)
+    out = chain.continue_rows(np.stack([c]), 5, rng)
+    # C is always followed by E, E by G, G by C: the chain walks the arpeggio.
+    assert [int(r[5]) - vocab.parameter_offsets["pitch"] for r in out] == [64, 67, 60, 64, 67]
+
+
+def test_markov_chain_samples_in_proportion_to_counts_and_backs_off_for_unseen_rows():
+    vocab = MIDITokenizer("v2", True).vocab
+    c, d, e = (np.array(_note_row(vocab, 1, 0, p)) for p in (60, 62, 64))
+    # After C: D three times, E once.
+    chain = MarkovChain.fit([np.stack([c, d, c, d, c, d, c, e])], vocab.eos_id)
+    rng = np.random.default_rng(1)
+    draws = [int(chain.next_row(c, rng)[5]) - vocab.parameter_offsets["pitch"] for _ in range(2000)]
+    assert draws.count(62) / len(draws) == pytest.approx(0.75, abs=0.04)
+    unseen = np.array(_note_row(vocab, 1, 0, 100))
+    assert chain.next_row(unseen, rng).tolist() in [c.tolist(), d.tolist(), e.tolist()]
+
+
+def test_rows_become_notes_on_the_grid_without_drums():
+    vocab = MIDITokenizer("v2", True).vocab
+    rows = np.array([vocab.special_row(vocab.bos_id), _note_row(vocab, 0, 0, 60), _note_row(vocab, 1, 8, 62),
+                     _note_row(vocab, 0, 8, 36, channel=9)])
+    notes = notes_from_rows(rows, vocab, 64)
+    assert notes.onsets.tolist() == [0, 24]
+    assert notes.pitches.tolist() == [60, 62]
+
+
+def test_the_prompt_is_every_event_before_the_prompt_bars(tmp_path):
+    build_dataset([str(Path(__file__).parent / "data" / "reference" / "midi" / "bach_bwv29.8.mid")],
+                  tmp_path / "ds", BuildOptions(workers=1), progress=False)
+    rows = TokenDataset(tmp_path / "ds").piece(0)
+    vocab = MIDITokenizer("v2", True).vocab
+    n_prompt, bar_steps = split_prompt(rows, vocab, 2)
+    onsets = row_onsets(rows, vocab)
+    assert bar_steps == 48  # this chorale is in 3/4
+    assert onsets[n_prompt - 1] < 2 * bar_steps <= onsets[n_prompt]

@@ -56,7 +56,7 @@ def next_token_stats(model: MIDIModel, batch: torch.Tensor) -> dict[str, float]:
         "loss": float(loss),
         "tokens": int(mask.sum()),
         "correct": int((right & mask).sum()),
-        "events": int(len(y)),
+        "events": len(y),
         "events_correct": int(right.all(dim=1).sum()),
     }
 
