@@ -98,7 +98,8 @@ def test_panic_controller_releases_every_sounding_note_on_all_channels(rig):
     duet.handle(t, midi.control_change(0, duet.config.controls.panic, 127))
     sent = out.messages()
     assert midi.note_off(3, 40) in sent
-    all_notes_off = [m for m in sent if midi.kind_of(m) == midi.CONTROL_CHANGE and m[1] == midi.CC_ALL_NOTES_OFF]
+    controls = [m for m in sent if midi.kind_of(m) == midi.CONTROL_CHANGE]
+    all_notes_off = [m for m in controls if m[1] == midi.CC_ALL_NOTES_OFF]
     assert sorted(midi.channel_of(m) for m in all_notes_off) == list(range(16))
     assert out.ledger.sounding() == []
 

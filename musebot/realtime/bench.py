@@ -240,7 +240,7 @@ def run_realtime_bench(args: argparse.Namespace) -> dict:
     if server is None:
         jackd = shutil.which("jackd")
         if jackd is None:
-            raise NoMidiSystemError("jackd is not installed (apt install jackd2): the benchmark runs over JACK")
+            raise NoMidiSystemError("jackd is not installed (apt install jackd2); the benchmark needs JACK")
         server = f"musebot-bench-{os.getpid()}"
         process = subprocess.Popen([jackd, "-n", server, "-d", "dummy", "-r", "48000", "-p", "64"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -25,13 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "first, e.g. jackd -d dummy). Several --output flags play to several outputs at once.",
     )
     add_session_arguments(serve)
-    serve.add_argument("--input", default="virtual", help="'virtual' (default), an input port name, or 'none'")
+    serve.add_argument("--input", default="virtual",
+                       help="'virtual' (default), an input port name, or 'none'")
     serve.add_argument(
         "--output", action="append", dest="outputs", metavar="NAME",
         help="'virtual' (default), 'fluidsynth', or an output port name; repeat for several",
     )
     serve.add_argument("--api", choices=API_CHOICES, help="MIDI system (default: JACK if running, else ALSA)")
-    serve.add_argument("--record", metavar="FILE.mid", help="record both sides of the session (with the seed)")
+    serve.add_argument("--record", metavar="FILE.mid",
+                       help="record both sides of the session (with the seed)")
     serve.add_argument("--fluidsynth-driver", help="FluidSynth audio driver (jack, pulseaudio, alsa, file)")
     serve.add_argument("--fluidsynth-file", default="musebot-fluidsynth.wav",
                        help="WAV written by the 'file' audio driver")
@@ -50,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench-realtime", help="measure scheduling error, answer and thru latency over JACK, and headroom",
     )
     bench.add_argument("--notes", type=int, default=1000, help="scheduled notes to measure (>= 1000)")
-    bench.add_argument("--model", help="exported model folder: measure generation headroom and answer latency")
+    bench.add_argument("--model",
+                       help="exported model folder: measure generation headroom and model answer latency")
     bench.add_argument("--bpm", type=float, default=120.0)
     bench.add_argument("--phrases", type=int, default=8, help="calls answered for the answer latency")
     bench.add_argument("--jack-server", help="use this running JACK server instead of a private one")
@@ -72,8 +75,10 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thru", action="store_true", help="pass the musician's notes to the outputs")
     parser.add_argument("--silence-beats", type=float, default=defaults.silence_beats,
                         help="silence that ends a phrase, in beats (default %(default)s)")
-    parser.add_argument("--silence-ms", type=float, help="silence that ends a phrase, in ms (overrides beats)")
-    parser.add_argument("--answer-beats", type=float, help="answer length in beats (default: as long as the call)")
+    parser.add_argument("--silence-ms", type=float,
+                        help="silence that ends a phrase, in ms (overrides beats)")
+    parser.add_argument("--answer-beats", type=float,
+                        help="answer length in beats (default: as long as the call)")
     parser.add_argument("--max-answer-beats", type=float, default=defaults.max_answer_beats)
     parser.add_argument("--answer-channel", type=int, default=defaults.answer_channel, help="0..15")
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
@@ -83,7 +88,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("temperature", "answer_length", "panic", "takeover"):
         flag = "--cc-" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=getattr(controls, name), metavar="CC",
-                            help=f"controller number for {name.replace('_', ' ')} (default %(default)s; -1: off)")
+                            help=f"CC number for {name.replace('_', ' ')} (default %(default)s; -1: off)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -136,7 +141,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     options = ServeOptions(
         input=args.input, outputs=args.outputs or ["virtual"], api=args.api, mode=args.mode,
-        answer=args.answer, model=args.model, soundfont=args.soundfont, fluidsynth_driver=args.fluidsynth_driver,
+        answer=args.answer, model=args.model, soundfont=args.soundfont,
+        fluidsynth_driver=args.fluidsynth_driver,
         fluidsynth_file=args.fluidsynth_file, record=args.record,
     )
     try:

@@ -125,7 +125,7 @@ class ModelAnswerer(Answerer):
 
     @classmethod
     def load(cls, model_dir: str | Path, slot: AnswerSlot, config: ServeConfig) -> ModelAnswerer:
-        """Open an exported model folder (``musebot export``) on the CPU or CUDA, whichever onnxruntime has."""
+        """Open an exported model folder (``musebot export``) on CUDA when onnxruntime has it, else CPU."""
         from musebot.engine.engine import Engine, ModelLoadError
         from musebot.realtime.errors import RealtimeError
 
