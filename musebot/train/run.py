@@ -144,6 +144,7 @@ def train(options: TrainOptions) -> dict:
             raise TrainError(f"--init {options.init}: {exc}") from exc
     else:
         model = MIDIModel(config)
+    model.train()  # load_model returns eval mode; dropout-free, but Lightning expects train mode
     if options.lora:
         model = _add_lora(model, options.lora_rank, options.lora_alpha)
     module = MIDIModelModule(model, options.lr, options.weight_decay, options.warmup_steps, options.max_steps,
@@ -171,7 +172,7 @@ def train(options: TrainOptions) -> dict:
         enable_progress_bar=options.progress,
         enable_model_summary=False,
         use_distributed_sampler=False,  # the bucket sampler shards batches by rank itself
-        log_every_n_steps=10,
+        log_every_n_steps=max(1, min(10, options.val_every)),
     )
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
