@@ -115,3 +115,20 @@ def test_empty_data_folder_is_a_clear_error(tmp_path: Path, capsys):
 def test_unknown_preset_is_a_clear_error(dataset: Path, tmp_path: Path):
     with pytest.raises(TrainError, match="unknown model config"):
         train(tiny(dataset, tmp_path / "run", preset="tv9-huge"))
+
+
+def test_ddp_on_two_cpu_processes_needs_no_code_change(dataset: Path, tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "musebot", "train", "--data", str(dataset), "--preset", "tv2o-tiny",
+           "--out", str(run), "--max-steps", "2", "--batch-size", "2", "--max-len", "64", "--val-every", "2",
+           "--threads", "1", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress",
+           "--sample-events", "16"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["val_loss"] > 0
+    assert done.stdout.count("trained 2 steps") == 1  # only rank 0 reports

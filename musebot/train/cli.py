@@ -61,6 +61,8 @@ def _train(args: argparse.Namespace) -> int:
         summary = train(options)
     except (TrainError, DatasetError) as exc:
         raise CommandError(str(exc)) from exc
+    if summary["rank"]:
+        return 0  # DDP worker processes run this too; rank 0 reports
     figures = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("val_"))
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({figures}); model: {summary['model']}")
     return 0

@@ -86,9 +86,13 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(batches)
         if self.world > 1:
-            # Equal batch counts on every rank, or DDP waits forever for the rank with one batch more.
-            usable = len(batches) - len(batches) % self.world
-            batches = batches[self.rank:usable:self.world]
+            if self.shuffle and len(batches) % self.world:
+                # Training needs equal batch counts on every rank, or DDP waits forever for the rank with
+                # one batch more: repeat a few batches rather than drop any.
+                batches += batches[:self.world - len(batches) % self.world]
+            while batches and len(batches) < self.world:
+                batches += batches[:self.world - len(batches)]  # Lightning wants a batch on every rank
+            batches = batches[self.rank::self.world]
         return batches
 
     def __iter__(self):
@@ -97,8 +101,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         return iter(batches)
 
     def __len__(self) -> int:
-        n = -(-len(self.lengths) // self.batch_size)
-        return n // self.world if self.world > 1 else n
+        return len(self._batches())
 
 
 class TokenDataModule(L.LightningDataModule):

@@ -94,10 +94,11 @@ class MIDIModelModule(L.LightningModule):
                               dtype=torch.float64, device=self.device)
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # all ranks' sums under DDP
         loss, tokens, correct, events, events_correct = totals.tolist()
+        # Already summed over ranks, so every rank logs the same values; sync_dist only averages equals.
         tokens, events = max(tokens, 1.0), max(events, 1.0)
-        self.log("val_loss", loss / tokens, prog_bar=True, sync_dist=False)
-        self.log("val_token_acc", correct / tokens, prog_bar=True, sync_dist=False)
-        self.log("val_event_acc", events_correct / events, sync_dist=False)
+        self.log("val_loss", loss / tokens, prog_bar=True, sync_dist=True)
+        self.log("val_token_acc", correct / tokens, prog_bar=True, sync_dist=True)
+        self.log("val_event_acc", events_correct / events, sync_dist=True)
         if self.sample_dir is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self.write_sample()
 

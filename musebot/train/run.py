@@ -185,6 +185,7 @@ def train(options: TrainOptions) -> dict:
         trainer.save_checkpoint(last)  # every rank calls it; Lightning writes on rank 0
     model_dir = save_pretrained(final.float().cpu(), out / "model") if trainer.is_global_zero else None
     summary = {"steps": trainer.global_step, "seconds": round(seconds, 1), "resumed": resume,
+               "rank": trainer.global_rank,
                "model": str(model_dir) if model_dir else None, **metrics}
     if trainer.is_global_zero:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
