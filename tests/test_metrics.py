@@ -191,3 +191,53 @@ def test_the_prompt_is_every_event_before_the_prompt_bars(tmp_path):
     onsets = row_onsets(rows, vocab)
     assert bar_steps == 48  # this chorale is in 3/4
     assert onsets[n_prompt - 1] < 2 * bar_steps <= onsets[n_prompt]
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory):
+    """A dataset of the reference pieces with a large test split, and an untrained tiny model in ONNX."""
+    import torch
+
+    from musebot.export import export_onnx
+    from musebot.models import MIDIModel, MIDIModelConfig
+
+    root = tmp_path_factory.mktemp("eval")
+    build_dataset([str(Path(__file__).parent / "data" / "reference" / "midi")], root / "data",
+                  BuildOptions(workers=1, test_fraction=0.4), progress=False)
+    torch.manual_seed(0)
+    export_onnx(MIDIModel(MIDIModelConfig.from_name("tv2o-tiny")).eval(), root / "model")
+    return root
+
+
+def test_eval_command_scores_real_model_and_markov_continuations(eval_setup, capsys):
+    import json
+
+    from musebot.cli import main
+
+    root = eval_setup
+    rc = main(["eval", "--model", str(root / "model"), "--data", str(root / "data"), "--prompt-bars", "2",
+               "--bars", "2", "--n-pieces", "3", "--json", "--plot", str(root / "eval.png"), "--no-loss"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["pieces"]) == 3
+    assert set(result["mean"]) == {"real", "model", "markov"}
+    assert "16 steps per beat" in result["grid"]
+    # The real column is the metrics of the pieces' own bars 3-4, recomputed here from the dataset.
+    data = TokenDataset(root / "data")
+    vocab = MIDITokenizer("v2", True).vocab
+    names = {p["name"]: i for i, p in enumerate(data.pieces)}
+    h1 = []
+    for name in result["pieces"]:
+        rows = data.piece(names[name])
+        _, bar_steps = split_prompt(rows, vocab, 2)
+        notes = notes_from_rows(rows, vocab, bar_steps).window(2 * bar_steps, 4 * bar_steps)
+        h1.append(pitch_class_histogram_entropy(notes, 1))
+    assert result["mean"]["real"]["H1"] == pytest.approx(float(np.nanmean(h1)))
+    assert (root / "eval.png").stat().st_size > 10_000
+
+
+def test_eval_without_a_dataset_is_a_clear_error(eval_setup, tmp_path, capsys):
+    from musebot.cli import main
+
+    assert main(["eval", "--model", str(eval_setup / "model"), "--data", str(tmp_path)]) == 2
+    assert "not a musebot dataset" in capsys.readouterr().err
