@@ -13,6 +13,7 @@ import pytest
 
 from musebot.cli import main
 from musebot.realtime.recorder import read_session_meta
+from tests._realtime_fixtures import exported_reference_model
 
 
 def part_notes(path: Path, name: str) -> list[tuple[int, int]]:
@@ -42,12 +43,8 @@ def test_demo_with_echo_writes_a_duet_midi_a_non_silent_wav_and_a_piano_roll(tmp
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, reference_dir) -> Path:
-    from musebot.export.onnx_export import export_onnx
-
-    out = tmp_path_factory.mktemp("sky_shared_onnx")
-    export_onnx(reference_dir / "sky_shared", out)
-    return out
+def model_dir(reference_dir) -> Path:
+    return exported_reference_model(reference_dir)
 
 
 def test_a_recorded_session_replays_to_the_same_answer(tmp_path, model_dir):

@@ -210,3 +210,61 @@ def test_sigterm_during_an_answer_leaves_no_note_sounding(jack, tmp_path):
     assert hanging_notes(heard) == set()
     assert "signal SIGTERM" in output
     assert record.exists(), output
+
+
+def test_a_named_output_that_vanishes_is_released_and_reconnected_when_it_returns(jack, caplog):
+    import rtmidi
+
+    def synth_port():
+        port = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="tester-synth")
+        port.open_virtual_port("in")
+        return port
+
+    synth = synth_port()
+    d = make_daemon(outputs=["tester-synth:in"])
+    keyboard = Musician(listen_to=None)
+    try:
+        output = d.outputs[0]
+        with caplog.at_level(logging.WARNING, logger="musebot.realtime.daemon"):
+            output.send((0x90, 70, 100))  # a note sounding on the synth when it goes away
+            synth.close_port()
+            synth.delete()
+            deadline = time.monotonic() + 3
+            while "vanished" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "output port 'tester-synth:in' vanished" in caplog.text
+            assert output.ledger.sounding() == []  # released (panic) rather than left for later
+            synth = synth_port()
+            while "is back" not in caplog.text and time.monotonic() < deadline + 3:
+                time.sleep(0.05)
+            assert "output port 'tester-synth:in' is back: reconnected" in caplog.text
+        heard = []
+        synth.set_callback(lambda event, _: heard.append(tuple(event[0])))
+        keyboard.play(PHRASE)
+        end = time.monotonic() + 3
+        while sum(1 for m in heard if m[0] & 0xF0 == 0x90 and m[2]) < len(PHRASE) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert [m[1] for m in heard if m[0] & 0xF0 == 0x90 and m[2]] == [p for p, _ in PHRASE]
+    finally:
+        keyboard.close()
+        d.close()
+        synth.delete()
+
+
+def test_an_error_in_the_listener_panics_and_the_daemon_keeps_serving(daemon, musician, caplog):
+    answerer = daemon.answerer
+    original = answerer.start_answer
+
+    def broken(*args):  # a bug in an answerer, injected
+        raise RuntimeError("injected fault")
+
+    answerer.start_answer = broken
+    with caplog.at_level(logging.ERROR, logger="musebot.realtime.daemon"):
+        musician.play(PHRASE[:1])
+        time.sleep(0.1)
+    assert "listener: error while handling" in caplog.text
+    assert daemon.duet.counts["panics"] >= 1
+    answerer.start_answer = original
+    musician.play(PHRASE)
+    heard = musician.wait_for(lambda h: len(note_ons(h)) >= len(PHRASE) and not hanging_notes(h))
+    assert [m[1] for _, m in note_ons(heard)] == [p for p, _ in PHRASE]

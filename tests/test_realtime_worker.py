@@ -19,6 +19,7 @@ from musebot.realtime.outputs import MemoryOutput
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.worker import ModelAnswerer
 from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
+from tests._realtime_fixtures import exported_reference_model
 
 SCALE = [60, 62, 64, 65, 67, 65, 64, 62]
 NOTE_S = 0.1
@@ -26,12 +27,8 @@ SILENCE_S = 0.3
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, reference_dir) -> Path:
-    from musebot.export.onnx_export import export_onnx
-
-    out = tmp_path_factory.mktemp("sky_shared_onnx")
-    export_onnx(reference_dir / "sky_shared", out)
-    return out
+def model_dir(reference_dir) -> Path:
+    return exported_reference_model(reference_dir)
 
 
 class Session:
