@@ -73,6 +73,8 @@ class Daemon:
         self._output_down: set[int] = set()
         self._threads: list[threading.Thread] = []
         self._idle_queue: queue.Queue = queue.Queue()
+        # The Duet belongs to the listener thread; the health monitor and shutdown panic through this lock.
+        self._duet_lock = threading.Lock()
         self.started_at = now()
         try:
             self._open_outputs()
@@ -177,13 +179,19 @@ class Daemon:
                 t, data = source.get(timeout=0.002)
             except queue.Empty:
                 t = data = None
-            try:
-                if data is not None:
-                    self.duet.handle(t, data)
-                self.duet.tick(now())
-            except Exception:  # a bug must not leave notes sounding nor stop the daemon
-                log.exception("listener: error while handling %r; panic", data)
-                self.duet.panic(now(), "exception in the listener")
+            with self._duet_lock:
+                try:
+                    if data is not None:
+                        self.duet.handle(t, data)
+                    self.duet.tick(now())
+                except Exception:  # a bug must not leave notes sounding nor stop the daemon
+                    log.exception("listener: error while handling %r; panic", data)
+                    self.duet.panic(now(), "exception in the listener")
+
+    def _panic(self, reason: str) -> None:
+        """Panic from any thread: the duet is the listener's, so take its lock."""
+        with self._duet_lock:
+            self.duet.panic(now(), reason)
 
     def _on_send(self, due: float, sent: float, output: Output, msg: tuple, tag: str | None) -> None:
         if self.recorder is not None and tag == "answer" and output is self.outputs[0]:
@@ -206,7 +214,7 @@ class Daemon:
             if self.midi_up and not alive:
                 self.midi_up = False
                 log.error("JACK server stopped: MIDI ports are gone; retrying every %.1f s", HEALTH_PERIOD_S)
-                self.duet.panic(now(), "JACK server stopped")
+                self._panic("JACK server stopped")
                 if self.input:
                     self.input.close()
                 return
@@ -237,7 +245,7 @@ class Daemon:
             self._input_connected = False
             log.warning("input port %r vanished; reconnecting when it returns", self.input.port)
             # Release what the musician was holding through thru, and any answer that was going on.
-            self.duet.panic(now(), "input port vanished")
+            self._panic("input port vanished")
         elif not self._input_connected and present:
             try:
                 self.input.open()
@@ -273,9 +281,8 @@ class Daemon:
     def close(self) -> None:
         """Panic every output, stop the threads, save the recording. Safe to call twice."""
         self.stop_event.set()
-        duet = getattr(self, "duet", None)
-        if duet is not None:
-            duet.panic(now(), "shutdown")
+        if getattr(self, "duet", None) is not None:
+            self._panic("shutdown")
         self.scheduler.stop()
         for thread in self._threads:
             thread.join(1.0)
