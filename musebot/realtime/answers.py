@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
 
 from musebot.realtime import midi
@@ -111,13 +112,14 @@ class EchoAnswerer(Answerer):
 
     name = "echo"
 
-    def __init__(self, slot: AnswerSlot, transpose: int = 0) -> None:
+    def __init__(self, slot: AnswerSlot, transpose: int = 0, max_notes: int = 512) -> None:
         self.slot = slot
         self.transpose = transpose
-        self._phrase: list[PlayedNote] = []
+        # Bounded: a phrase that never pauses must not grow memory without end.
+        self._phrase: deque[PlayedNote] = deque(maxlen=max_notes)
 
     def begin_phrase(self, t: float) -> None:
-        self._phrase = []
+        self._phrase.clear()
 
     def add_notes(self, notes: Sequence[PlayedNote]) -> None:
         self._phrase.extend(notes)

@@ -69,7 +69,8 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", help="exported model folder (config.json + ONNX graphs)")
     parser.add_argument("--answer", choices=("model", "echo"),
                         help="who answers: the model (default with --model) or echo (plays the call back)")
-    parser.add_argument("--bpm", type=float, default=defaults.bpm)
+    parser.add_argument("--bpm", type=float, default=defaults.bpm,
+                        help="tempo that maps seconds to the model's beat grid (default %(default)s)")
     parser.add_argument("--soundfont", metavar="SF2", help="SoundFont for FluidSynth (default: soundfonts/, "
                         "then /usr/share/sounds/sf2)")
     parser.add_argument("--thru", action="store_true", help="pass the musician's notes to the outputs")
@@ -79,12 +80,16 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
                         help="silence that ends a phrase, in ms (overrides beats)")
     parser.add_argument("--answer-beats", type=float,
                         help="answer length in beats (default: as long as the call)")
-    parser.add_argument("--max-answer-beats", type=float, default=defaults.max_answer_beats)
-    parser.add_argument("--answer-channel", type=int, default=defaults.answer_channel, help="0..15")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--top-k", type=int, default=defaults.top_k)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--max-answer-beats", type=float, default=defaults.max_answer_beats,
+                        help="longest answer, in beats (default %(default)s)")
+    parser.add_argument("--answer-channel", type=int, default=defaults.answer_channel,
+                        help="MIDI channel musebot plays on, 0..15 (default %(default)s)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="sampling temperature (default %(default)s)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus mass (default %(default)s)")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="top-k (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="sampling seed, recorded with the session (default %(default)s)")
     for name in ("temperature", "answer_length", "panic", "takeover"):
         flag = "--cc-" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=getattr(controls, name), metavar="CC",
