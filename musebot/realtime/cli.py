@@ -86,7 +86,8 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MIDI channel musebot plays on, 0..15 (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=defaults.temperature,
                         help="sampling temperature (default %(default)s)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus mass (default %(default)s)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p,
+                        help="nucleus mass (default %(default)s)")
     parser.add_argument("--top-k", type=int, default=defaults.top_k, help="top-k (default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="sampling seed, recorded with the session (default %(default)s)")
