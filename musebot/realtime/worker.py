@@ -253,7 +253,9 @@ class ModelAnswerer(Answerer):
         elapsed = now() - start
         event = self.tokenizer.row_to_event(row)
         if event is None or event[0] != "note":
-            log.debug("engine worker: unusable row %s", row)
+            # The masks allow notes only, so this is a model/mask mismatch: forget the row, keep going.
+            log.warning("engine worker: unusable row %s dropped", row)
+            self.engine.rollback(self.engine.n_events - 1)
             return False
         previous_beat = self._ahead_steps[-1] // 16 if self._ahead_steps else self.converter.encoder.beat
         beat = previous_beat + event[1]
