@@ -7,7 +7,8 @@ Measured, all on the one clock (spec ``realtime-field.md`` §6 goals: thru <= 10
   ``arrival - due`` at a client listening to that port (adds JACK's one-period hop);
 * ``thru``: musician's note-on sent to ``musebot:in`` -> arrival from ``musebot-out:out`` (``--thru``);
 * ``answer``: the moment an answer is due -> its first note-on arriving from ``musebot-out:out``, for the
-  model answerer when ``--model`` is given (else the echo answerer, labelled so);
+  model answerer when ``--model`` is given (else the echo answerer, labelled so); and the takeover
+  controller sent by the musician -> the first answer note-on they hear (due ``takeover_lead_ms`` later);
 * ``generation``: the engine's events per second and headroom, seconds of music generated per second of
   compute (answer-style sampling: notes only), when ``--model`` is given.
 
@@ -186,8 +187,34 @@ def bench_answers(model: str | None, phrases: int, bpm: float) -> dict:
             # Let the answer play out before the next call (the answer is as long as the call).
             while daemon.duet.state != "idle" and now() < end + 3:
                 time.sleep(0.01)
+        takeover, takeover_missing = [], 0
+        for k in range(phrases):
+            # Pedal down: the phrase cannot end by silence; the takeover controller hands over.
+            before = len(probe.note_ons())
+            probe.send((0xB0, 64, 127))
+            for j in range(4):
+                p = scale[(j + k) % len(scale)]
+                probe.send((0x90, p, 80))
+                time.sleep(0.1)
+                probe.send((0x80, p, 0))
+            time.sleep(0.05)
+            sent = probe.send((0xB0, config.controls.takeover, 127))
+            end = now() + 2.0
+            while now() < end and len(probe.note_ons()) == before:
+                time.sleep(0.001)
+            ons = probe.note_ons()[before:]
+            if ons:
+                takeover.append(ons[0][0] - sent)
+            else:
+                takeover_missing += 1
+            probe.send((0xB0, config.controls.takeover, 0))
+            probe.send((0xB0, 64, 0))
+            while daemon.duet.state != "idle" and now() < end + 3:
+                time.sleep(0.01)
         figures = {"answerer": daemon.answerer.name, "phrases": phrases, "missing": missing,
-                   "first_note_minus_due": _percentiles(latencies)}
+                   "first_note_minus_due": _percentiles(latencies),
+                   "takeover_lead_ms": config.takeover_lead_ms, "takeover_missing": takeover_missing,
+                   "takeover_cc_to_first_note": _percentiles(takeover)}
         stats = getattr(daemon.answerer, "stats", None)
         if stats is not None:
             figures["worker"] = {"events": stats.events, "late_rows": stats.late_rows,
