@@ -114,4 +114,5 @@ def test_bench_realtime_measures_every_figure_over_its_own_jack_server():
     assert figures["scheduling"]["arrivals"] >= 950
     assert figures["thru"]["received"] >= 0.95 * figures["thru"]["notes"]
     assert figures["answer"]["answerer"] == "echo" and figures["answer"]["missing"] == 0
+    assert figures["answer"]["takeover_missing"] == 0
     assert "no --model" in figures["generation"]
