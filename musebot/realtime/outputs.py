@@ -235,6 +235,10 @@ class FluidSynthOutput(Output):
             self.synth.setting("audio.driver", driver)
             if driver == "file" and file_name:
                 self.synth.setting("audio.file.name", str(file_name))
+            if driver == "jack":
+                # Without autoconnect FluidSynth's JACK ports stay unconnected and nothing is heard.
+                self.synth.setting("audio.jack.autoconnect", 1)
+                self.synth.setting("audio.jack.id", "musebot-fluidsynth")
             # Start only the audio driver: Synth.start() would also open a FluidSynth MIDI driver.
             self._driver = fluidsynth.new_fluid_audio_driver(self.synth.settings, self.synth.synth)
             if not self._driver:
