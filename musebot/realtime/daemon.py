@@ -51,6 +51,10 @@ class ServeOptions:
     fluidsynth_driver: str | None = None  # default: jack when JACK runs, else pulseaudio, alsa, then file
     fluidsynth_file: str = "musebot-fluidsynth.wav"
     record: str | None = None
+    port: int | None = None  # the network API (musebot.server) on this TCP port; 0 picks a free one
+    host: str = "127.0.0.1"
+    token: str | None = None  # required by the API when host is not loopback (generated if not given)
+    osc_port: int | None = None  # OSC control on this UDP port
 
 
 class Daemon:
@@ -72,7 +76,11 @@ class Daemon:
         self._input_connected = True
         self._output_down: set[int] = set()
         self._threads: list[threading.Thread] = []
-        self._idle_queue: queue.Queue = queue.Queue()
+        self._idle_queue: queue.Queue = queue.Queue(maxsize=config.input_queue)
+        # Observers of what the listener receives and the scheduler sends (the network API); quick, any thread.
+        self.input_observers: list = []
+        self.send_observers: list = []
+        self.server = None
         # The Duet belongs to the listener thread; the health monitor and shutdown panic through this lock.
         self._duet_lock = threading.Lock()
         self.started_at = now()
@@ -153,7 +161,26 @@ class Daemon:
             thread.start()
             self._threads.append(thread)
         log.info("serving in mode %r at %.0f bpm; Ctrl-C to stop", self.duet.mode, self.config.bpm)
+        if self.options.port is not None or self.options.osc_port is not None:
+            from musebot.server.app import ApiServer
+
+            self.server = ApiServer(self).start()
         return self
+
+    def feed(self, data: object, t: float | None = None) -> bool:
+        """Network input (``musebot.server``): queued exactly like a message from the MIDI input, so the
+        listener handles both the same way. False when the queue is full (dropped, as MIDI input is)."""
+        source = self.input.queue if self.input is not None else self._idle_queue
+        try:
+            source.put_nowait((now() if t is None else t, data))
+            return True
+        except queue.Full:
+            return False
+
+    @property
+    def duet_lock(self) -> threading.Lock:
+        """Held while the duet handles a message; take it to change the duet from another thread."""
+        return self._duet_lock
 
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM (main thread only), then shut down cleanly."""
@@ -179,6 +206,9 @@ class Daemon:
                 t, data = source.get(timeout=0.002)
             except queue.Empty:
                 t = data = None
+            if data is not None:
+                for observer in self.input_observers:
+                    observer(t, data)
             with self._duet_lock:
                 try:
                     if data is not None:
@@ -196,6 +226,8 @@ class Daemon:
     def _on_send(self, due: float, sent: float, output: Output, msg: tuple, tag: str | None) -> None:
         if self.recorder is not None and tag == "answer" and output is self.outputs[0]:
             self.recorder.add(sent, "musebot", msg)
+        for observer in self.send_observers:
+            observer(due, sent, output, msg, tag)
 
     # ---- health ---------------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -281,6 +313,9 @@ class Daemon:
     def close(self) -> None:
         """Panic every output, stop the threads, save the recording. Safe to call twice."""
         self.stop_event.set()
+        if getattr(self, "server", None) is not None:
+            self.server.stop()
+            self.server = None
         if getattr(self, "duet", None) is not None:
             self._panic("shutdown")
         self.scheduler.stop()

@@ -25,6 +25,8 @@ from musebot.realtime.outputs import Output
 log = logging.getLogger(__name__)
 
 SendHook = Callable[[float, float, Output, midi.Message, "str | None"], None]
+# ("add" | "cancel" | "clear", [(due, output, message)], tag): what is planned ahead, for observers.
+PlanHook = Callable[[str, list, "str | None"], None]
 
 
 @dataclass(order=True)
@@ -68,6 +70,7 @@ class Scheduler:
         self.drop_late_s = drop_late_s
         self.spin_s = spin_s
         self.on_send = on_send
+        self.on_plan: PlanHook | None = None
         self.stats = SchedulerStats()
         self._heap: list[Timed] = []
         self._seq = itertools.count()
@@ -100,10 +103,13 @@ class Scheduler:
         self, items: Iterable[tuple[float, Output, midi.Message]], tag: str | None = None
     ) -> None:
         """Queue several ``(due, output, message)`` at once (one wake-up of the thread)."""
+        items = list(items)
         with self._cond:
             for due, output, msg in items:
                 heapq.heappush(self._heap, Timed(due, next(self._seq), output, msg, tag))
             self._cond.notify()
+        if self.on_plan:
+            self.on_plan("add", items, tag)
 
     def cancel(self, tag: str, release: bool = True) -> int:
         """Remove every pending message tagged ``tag``; with ``release``, send at once the note-offs of its
@@ -115,6 +121,8 @@ class Scheduler:
             heapq.heapify(keep)
             self._heap = keep
             self.stats.cancelled += len(gone)
+        if self.on_plan and gone:
+            self.on_plan("cancel", [(item.due, item.output, item.msg) for item in gone], tag)
         if release:
             for item in gone:
                 msg = item.msg
@@ -132,7 +140,9 @@ class Scheduler:
             count = len(self._heap)
             self._heap.clear()
             self.stats.cancelled += count
-            return count
+        if self.on_plan:
+            self.on_plan("clear", [], None)
+        return count
 
     def _run(self) -> None:
         while True:

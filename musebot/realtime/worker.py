@@ -150,6 +150,19 @@ class ModelAnswerer(Answerer):
     def set_temperature(self, temperature: float) -> None:
         self._commands.put(("temperature", temperature))
 
+    def set_tempo(self, bpm: float) -> None:
+        """The musician's tempo from now on (the network API's setting): the model's beat grid follows."""
+        self._commands.put(("tempo", bpm, now()))
+
+    def set_constraints(self, **changes: object) -> None:
+        """Change fields of the answers' :class:`~musebot.engine.masks.Constraints` (e.g. ``pitch_range``,
+        ``pitch_classes``); raises ConstraintError at once for a set the vocabulary cannot satisfy."""
+        from dataclasses import replace
+
+        from musebot.engine.masks import MaskTable
+
+        self._commands.put(("masks", MaskTable(self.engine.vocab, replace(self.masks.constraints, **changes))))
+
     def busy(self) -> bool:
         return self._busy
 
@@ -222,6 +235,16 @@ class ModelAnswerer(Answerer):
             self.settings = self._settings_class(
                 temperature=command[1], top_p=self.settings.top_p, top_k=self.settings.top_k
             )
+        elif kind == "tempo":
+            _, bpm, t = command
+            self.converter.set_tempo(bpm, t)
+            self._steps_per_s = 16 * bpm / 60.0
+            if self._answer is None:
+                self._rollback_ahead()  # guessed at the old tempo (an answer under way keeps its rows)
+        elif kind == "masks":
+            self.masks = command[1]
+            if self._answer is None:
+                self._rollback_ahead()  # guessed under the old constraints
         elif kind == "quit":
             self._running = False
 
