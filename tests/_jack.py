@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 
 from musebot.realtime.clock import now
-from musebot.realtime.ports import jack_running
+from musebot.realtime.ports import start_dummy_jack
 
 JACKD = shutil.which("jackd")
 requires_jackd = pytest.mark.skipif(JACKD is None, reason="jackd is not installed (apt install jackd2)")
@@ -30,17 +30,8 @@ class JackServer:
         self.name = name
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 10.0) -> None:
-        env = dict(os.environ, JACK_NO_START_SERVER="1")
-        self.process = subprocess.Popen(
-            [JACKD, "-n", self.name, "-d", "dummy", "-r", "48000", "-p", "64"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )
-        end = time.monotonic() + timeout
-        while not jack_running(self.name):
-            if self.process.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"jackd -n {self.name} did not start")
-            time.sleep(0.05)
+    def start(self) -> None:
+        self.process = start_dummy_jack(self.name)
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

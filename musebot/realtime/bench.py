@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import subprocess
 import threading
 import time
 
@@ -265,17 +263,8 @@ def run_realtime_bench(args: argparse.Namespace) -> dict:
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
     os.environ["JACK_NO_START_SERVER"] = "1"
     if server is None:
-        jackd = shutil.which("jackd")
-        if jackd is None:
-            raise NoMidiSystemError("jackd is not installed (apt install jackd2); the benchmark needs JACK")
         server = f"musebot-bench-{os.getpid()}"
-        process = subprocess.Popen([jackd, "-n", server, "-d", "dummy", "-r", "48000", "-p", "64"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 10
-        while not ports.jack_running(server):
-            if process.poll() is not None or time.monotonic() > end:
-                raise NoMidiSystemError("could not start jackd -d dummy for the benchmark")
-            time.sleep(0.05)
+        process = ports.start_dummy_jack(server)
     os.environ["JACK_DEFAULT_SERVER"] = server
     try:
         figures = {

@@ -73,6 +73,41 @@ def jack_running(server: str | None = None) -> bool:
     return False
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when its parent dies (a killed test run leaks no server)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
+
+
+def start_dummy_jack(server: str, rate: int = 48000, period: int = 64, timeout: float = 10.0):
+    """Start ``jackd -n server -d dummy`` (no sound card needed) and wait until it answers; returns the
+    ``subprocess.Popen``. Raises NoMidiSystemError when jackd is missing or does not come up."""
+    import shutil
+    import subprocess
+    import time
+
+    jackd = shutil.which("jackd")
+    if jackd is None:
+        raise NoMidiSystemError("jackd is not installed (apt install jackd2)")
+    process = subprocess.Popen(
+        [jackd, "-n", server, "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, JACK_NO_START_SERVER="1"),
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+    )
+    end = time.monotonic() + timeout
+    while not jack_running(server):
+        if process.poll() is not None or time.monotonic() > end:
+            process.kill()
+            raise NoMidiSystemError(f"jackd -n {server} -d dummy did not start")
+        time.sleep(0.05)
+    return process
+
+
 def alsa_seq_available() -> bool:
     return Path("/dev/snd/seq").exists()
 
