@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := jackd2 libfluidsynth3 timgm6mb-soundfont
+SYSTEM_PACKAGES := jackd2 libfluidsynth3 timgm6mb-soundfont chromium
 ARGS ?=
 
 .PHONY: run test system venv bench lint clean

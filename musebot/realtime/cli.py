@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--fluidsynth-driver", help="FluidSynth audio driver (jack, pulseaudio, alsa, file)")
     serve.add_argument("--fluidsynth-file", default="musebot-fluidsynth.wav",
                        help="WAV written by the 'file' audio driver")
+    serve.add_argument("--port", type=int, metavar="N",
+                       help="serve the HTTP/WebSocket API and the browser page on this TCP port (0: any free)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address the API and OSC listen on (default %(default)s; others need a token)")
+    serve.add_argument("--token", help="API token (off loopback one is generated and printed if not given)")
+    serve.add_argument("--osc-port", type=int, metavar="N", help="OSC control on this UDP port")
     serve.set_defaults(func=run_serve)
 
     demo = subparsers.add_parser(
@@ -150,12 +156,19 @@ def run_serve(args: argparse.Namespace) -> int:
         answer=args.answer, model=args.model, soundfont=args.soundfont,
         fluidsynth_driver=args.fluidsynth_driver,
         fluidsynth_file=args.fluidsynth_file, record=args.record,
+        port=args.port, host=args.host, token=args.token, osc_port=args.osc_port,
     )
+    for flag, port in (("--port", args.port), ("--osc-port", args.osc_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise CommandError(f"{flag} must be 0..65535, got {port}")
     try:
         daemon = Daemon(config, options)
     except RealtimeError as exc:
         raise CommandError(str(exc)) from exc
-    return daemon.run()
+    try:
+        return daemon.run()
+    except RealtimeError as exc:  # the API could not start (port taken): the daemon has shut down
+        raise CommandError(str(exc)) from exc
 
 
 def run_demo(args: argparse.Namespace) -> int:

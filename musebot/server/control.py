@@ -1,0 +1,179 @@
+"""What the network API can read and change in a running :class:`~musebot.realtime.daemon.Daemon`.
+
+Shared by HTTP, WebSocket and OSC, so the three cannot disagree. Changes are made under the daemon's duet
+lock (the listener thread owns the duet) and are all-or-nothing: everything that can be refused is checked
+before anything is changed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from musebot.realtime.clock import now
+
+if TYPE_CHECKING:
+    from musebot.realtime.daemon import Daemon
+
+
+class SettingsError(ValueError):
+    """A setting refused: ``status`` is the HTTP status that says why (400 invalid, 409 not possible now)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def modes() -> tuple[str, ...]:
+    """The interaction modes the duet knows (read at run time: modes are added in ``duet.py``)."""
+    from musebot.realtime import duet
+
+    return tuple(duet.MODES)
+
+
+class Control:
+    """Status, settings and panic of one daemon (any thread; quick)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.network_input_dropped = 0
+
+    # ---- reading -------------------------------------------------------------------------------------
+    def settings(self) -> dict:
+        d = self.daemon
+        settings = {
+            "mode": d.duet.mode,
+            "bpm": d.config.bpm,
+            "temperature": d.config.temperature,
+            "answer_beats": d.config.answer_beats,
+            "thru": d.config.thru,
+            "parts": {"answer": {"channel": d.slot.channel}},
+            "constraints": {},
+        }
+        masks = getattr(d.answerer, "masks", None)
+        if masks is not None:
+            constraints = masks.constraints
+            if constraints.pitch_range is not None:
+                settings["constraints"]["pitch_range"] = list(constraints.pitch_range)
+            classes = constraints.pitch_classes
+            settings["constraints"]["pitch_classes"] = sorted(classes) if classes is not None else None
+        return settings
+
+    def status(self, clients: dict | None = None) -> dict:
+        """Mode, tempo, model, and the telemetry of spec ``realtime-field.md`` §5.4 (scheduling error
+        p50/p99 = ``sent - due`` of the latest sent messages, late and dropped notes, generation headroom)."""
+        d = self.daemon
+        stats = d.scheduler.stats
+        errors = _snapshot(stats.errors)[-20_000:]
+        error_ms = {"n": len(errors), "p50": None, "p99": None}
+        if errors:
+            p50, p99 = np.percentile(np.asarray(errors) * 1e3, [50, 99])
+            error_ms.update(p50=round(float(p50), 4), p99=round(float(p99), 4))
+        generation = None
+        worker = getattr(d.answerer, "stats", None)
+        if worker is not None:
+            headroom = worker.headroom
+            generation = {
+                "events": worker.events, "answers": worker.answers, "late_rows": worker.late_rows,
+                "rollbacks": worker.rollbacks,
+                "headroom": round(headroom, 3) if math.isfinite(headroom) else None,
+            }
+        return {
+            "mode": d.duet.mode,
+            "bpm": d.config.bpm,
+            "answerer": getattr(d.answerer, "name", "unknown"),
+            "model": Path(d.options.model).name if d.options.model else None,
+            "state": d.duet.state,
+            "midi_system": d.api is not None,
+            "uptime_s": round(now() - d.started_at, 3),
+            "settings": self.settings(),
+            "telemetry": {
+                "sent": stats.sent, "late": stats.late, "dropped_late": stats.dropped_late,
+                "cancelled": stats.cancelled, "max_late_ms": round(stats.max_late_s * 1e3, 4),
+                "scheduling_error_ms": error_ms,
+                "generation": generation,
+                "counts": dict(d.duet.counts),
+                "network_input_dropped": self.network_input_dropped,
+            },
+            "clients": clients or {"observers": 0, "performer": False},
+        }
+
+    # ---- changing ------------------------------------------------------------------------------------
+    def apply(self, changes: dict) -> dict:
+        """Apply validated ``changes`` (see ``schemas.settings_schema``); returns the settings now."""
+        d = self.daemon
+        answerer = d.answerer
+        constraints = changes.get("constraints")
+        if constraints:
+            if not hasattr(answerer, "set_constraints"):
+                raise SettingsError(
+                    f"constraints shape the model's answers; the {answerer.name!r} answerer has none "
+                    "(serve with --model DIR)", 409,
+                )
+            kwargs: dict = {}
+            if "pitch_range" in constraints:
+                low, high = constraints["pitch_range"]
+                if low > high:
+                    raise SettingsError(f"constraints/pitch_range: lowest {low} is above highest {high}")
+                kwargs["pitch_range"] = (low, high)
+            if "pitch_classes" in constraints:
+                classes = constraints["pitch_classes"]
+                kwargs["pitch_classes"] = frozenset(classes) if classes is not None else None
+        mode = changes.get("mode")
+        if mode is not None and mode not in modes():
+            raise SettingsError(f"mode must be one of {', '.join(modes())}, got {mode!r}")
+        with d.duet_lock:
+            if constraints:
+                from musebot.engine.masks import ConstraintError
+
+                try:
+                    answerer.set_constraints(**kwargs)
+                except ConstraintError as exc:  # e.g. no pitch class inside the range: nothing could play
+                    raise SettingsError(f"constraints: {exc}", 409) from exc
+            if mode is not None and mode != d.duet.mode:
+                d.duet.set_mode(now(), mode)
+            if "bpm" in changes:
+                d.config.bpm = float(changes["bpm"])
+                if hasattr(answerer, "set_tempo"):
+                    answerer.set_tempo(d.config.bpm)
+            if "temperature" in changes:
+                d.config.temperature = float(changes["temperature"])
+                answerer.set_temperature(d.config.temperature)
+            if "answer_beats" in changes:
+                beats = changes["answer_beats"]
+                d.config.answer_beats = None if beats is None else float(beats)
+            if "thru" in changes:
+                d.config.thru = bool(changes["thru"])
+            channel = changes.get("parts", {}).get("answer", {}).get("channel")
+            if channel is not None:
+                # Notes already scheduled keep their channel (their note-offs were built with them).
+                d.slot.channel = channel
+                d.config.answer_channel = channel
+        return self.settings()
+
+    def panic(self, reason: str) -> int:
+        """Release every note on every output and channel; returns the daemon's panic count."""
+        d = self.daemon
+        with d.duet_lock:
+            d.duet.panic(now(), reason, all_channels=True)
+            return d.duet.counts["panics"]
+
+    def feed(self, msg: tuple[int, ...]) -> bool:
+        """A MIDI message from the network, handled like one from the MIDI input."""
+        if self.daemon.feed(msg):
+            return True
+        self.network_input_dropped += 1
+        return False
+
+
+def _snapshot(values) -> list:
+    """A copy of a deque another thread appends to (a copy during an append may raise; try again)."""
+    for _ in range(5):
+        try:
+            return list(values)
+        except RuntimeError:
+            continue
+    return []

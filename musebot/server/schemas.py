@@ -1,0 +1,250 @@
+"""JSON Schemas of every message the network API takes or gives, and the OpenAPI 3.1 document built from them.
+
+One source for both: the validators that check each incoming message (HTTP bodies, WebSocket frames, OSC
+arguments gathered into a settings object) and ``/openapi.json`` are made from the same dictionaries, so
+the document cannot drift from what the server accepts. Schemas follow JSON Schema 2020-12, the dialect
+of OpenAPI 3.1 (https://spec.openapis.org/oas/v3.1.0#schema-object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jsonschema
+
+API_VERSION = "1.0.0"
+MAX_BODY_BYTES = 16 * 1024  # an HTTP body; settings fit in a few hundred bytes
+MAX_FRAME_BYTES = 4 * 1024  # a WebSocket text frame; one MIDI message fits in 40
+
+_byte = {"type": "integer", "minimum": 0, "maximum": 255}
+_pitch = {"type": "integer", "minimum": 0, "maximum": 127}
+
+
+def settings_schema(modes: Sequence[str]) -> dict:
+    """What ``PATCH /api/settings`` takes: any subset of the settings, nothing else."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "mode": {"type": "string", "enum": list(modes), "description": "interaction mode"},
+            "bpm": {"type": "number", "minimum": 20, "maximum": 400, "description": "tempo (beats/min)"},
+            "temperature": {"type": "number", "minimum": 0.05, "maximum": 5, "description": "sampling"},
+            "answer_beats": {
+                "type": ["number", "null"], "minimum": 1, "maximum": 64,
+                "description": "answer length in beats; null: as long as the call",
+            },
+            "thru": {"type": "boolean", "description": "pass the musician's notes to the outputs"},
+            "parts": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "the parts musebot plays and their MIDI channels",
+                "properties": {
+                    "answer": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"channel": {"type": "integer", "minimum": 0, "maximum": 15}},
+                    },
+                },
+            },
+            "constraints": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "limits on the model's answers (the model answerer only)",
+                "properties": {
+                    "pitch_range": {
+                        "type": "array", "items": _pitch, "minItems": 2, "maxItems": 2,
+                        "description": "lowest and highest MIDI pitch, inclusive",
+                    },
+                    "pitch_classes": {
+                        "type": ["array", "null"],
+                        "items": {"type": "integer", "minimum": 0, "maximum": 11},
+                        "minItems": 1, "maxItems": 12, "uniqueItems": True,
+                        "description": "allowed pitch classes (0 = C); null: all",
+                    },
+                },
+            },
+        },
+    }
+
+
+STATUS_SCHEMA = {
+    "type": "object",
+    "required": ["mode", "bpm", "answerer", "state", "telemetry", "clients"],
+    "properties": {
+        "mode": {"type": "string"},
+        "bpm": {"type": "number"},
+        "answerer": {"type": "string"},
+        "model": {"type": ["string", "null"]},
+        "state": {"type": "string"},
+        "midi_system": {"type": "boolean"},
+        "uptime_s": {"type": "number"},
+        "settings": {"type": "object"},
+        "telemetry": {
+            "type": "object",
+            "properties": {
+                "sent": {"type": "integer"},
+                "late": {"type": "integer"},
+                "dropped_late": {"type": "integer"},
+                "cancelled": {"type": "integer"},
+                "max_late_ms": {"type": "number"},
+                "scheduling_error_ms": {
+                    "type": "object",
+                    "properties": {"n": {"type": "integer"}, "p50": {"type": ["number", "null"]},
+                                   "p99": {"type": ["number", "null"]}},
+                },
+                "generation": {"type": ["object", "null"]},
+                "counts": {"type": "object"},
+                "network_input_dropped": {"type": "integer"},
+            },
+        },
+        "clients": {
+            "type": "object",
+            "properties": {"observers": {"type": "integer"}, "performer": {"type": "boolean"}},
+        },
+    },
+}
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "details": {"type": "string"}},
+}
+
+PANIC_SCHEMA = {
+    "type": "object",
+    "required": ["ok", "panics"],
+    "properties": {"ok": {"type": "boolean"}, "panics": {"type": "integer"}},
+}
+
+# WebSocket frames from a client: one JSON object each, told apart by "type".
+CLIENT_MESSAGE_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "object", "additionalProperties": False, "required": ["type", "role"],
+            "properties": {"type": {"const": "hello"}, "role": {"enum": ["performer", "observer"]}},
+        },
+        {
+            "type": "object", "additionalProperties": False, "required": ["type", "data"],
+            "properties": {
+                "type": {"const": "midi"},
+                "data": {"type": "array", "items": _byte, "minItems": 1, "maxItems": 3},
+                "id": {"type": "integer", "minimum": 0, "maximum": 2**53},
+            },
+        },
+        {
+            "type": "object", "additionalProperties": False, "required": ["type"],
+            "properties": {"type": {"const": "panic"}},
+        },
+        {
+            "type": "object", "additionalProperties": False, "required": ["type"],
+            "properties": {"type": {"const": "ping"}, "id": {"type": "integer", "minimum": 0, "maximum": 2**53}},
+        },
+    ],
+}
+
+
+class Validator:
+    """A compiled schema whose :meth:`check` returns None for a valid instance, else a one-line reason."""
+
+    def __init__(self, schema: dict) -> None:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        self._validator = jsonschema.Draft202012Validator(schema)
+
+    def check(self, instance: object) -> str | None:
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(instance))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "message"
+        return f"{where}: {error.message}"[:300]
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def openapi_document(modes: Sequence[str], token_required: bool) -> dict:
+    """The OpenAPI 3.1 description of the HTTP part of the API (the WebSocket is described in prose)."""
+    errors = {
+        "401": {"description": "missing or wrong token", "content": _json({"$ref": "#/components/schemas/Error"})},
+        "429": {"description": "too many requests", "content": _json({"$ref": "#/components/schemas/Error"})},
+    }
+    security = [{"bearer": []}, {"tokenHeader": []}] if token_required else []
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "musebot API",
+            "version": API_VERSION,
+            "description": (
+                "Control and telemetry of a running `musebot serve`. A WebSocket at /ws streams MIDI in "
+                "(JSON frames {\"type\": \"midi\", \"data\": [status, data1, data2]} after "
+                "{\"type\": \"hello\", \"role\": \"performer\"}; one performer at a time) and streams out "
+                "every event musebot plays and the notes it plans ahead. With a token, send it as "
+                "`Authorization: Bearer TOKEN`, `X-Musebot-Token: TOKEN`, or `?token=TOKEN` on /ws."
+            ),
+        },
+        "paths": {
+            "/api/status": {
+                "get": {
+                    "operationId": "getStatus",
+                    "summary": "mode, tempo, model and the scheduler's telemetry",
+                    "responses": {
+                        "200": {"description": "status", "content": _json({"$ref": "#/components/schemas/Status"})},
+                        **errors,
+                    },
+                },
+            },
+            "/api/settings": {
+                "get": {
+                    "operationId": "getSettings",
+                    "summary": "the current settings",
+                    "responses": {
+                        "200": {"description": "settings", "content": _json({"$ref": "#/components/schemas/Settings"})},
+                        **errors,
+                    },
+                },
+                "patch": {
+                    "operationId": "changeSettings",
+                    "summary": "change some settings (a mode change panics first)",
+                    "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/Settings"})},
+                    "responses": {
+                        "200": {"description": "the settings now",
+                                "content": _json({"$ref": "#/components/schemas/Settings"})},
+                        "400": {"description": "not valid JSON or not valid settings",
+                                "content": _json({"$ref": "#/components/schemas/Error"})},
+                        "409": {"description": "a setting the running answerer cannot take",
+                                "content": _json({"$ref": "#/components/schemas/Error"})},
+                        "413": {"description": "body too large",
+                                "content": _json({"$ref": "#/components/schemas/Error"})},
+                        "415": {"description": "body is not application/json",
+                                "content": _json({"$ref": "#/components/schemas/Error"})},
+                        **errors,
+                    },
+                },
+            },
+            "/api/panic": {
+                "post": {
+                    "operationId": "panic",
+                    "summary": "stop the answer and release every note on every output and channel",
+                    "responses": {
+                        "200": {"description": "done", "content": _json({"$ref": "#/components/schemas/Panic"})},
+                        **errors,
+                    },
+                },
+            },
+        },
+        "components": {
+            "schemas": {
+                "Settings": settings_schema(modes),
+                "Status": STATUS_SCHEMA,
+                "Error": ERROR_SCHEMA,
+                "Panic": PANIC_SCHEMA,
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "tokenHeader": {"type": "apiKey", "in": "header", "name": "X-Musebot-Token"},
+            },
+        },
+    }
+    if security:
+        document["security"] = security
+    return document
