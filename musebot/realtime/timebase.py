@@ -383,3 +383,52 @@ class Metronome:
             self._next_beat += 1
         if items:
             self.scheduler.schedule_many(items, METRONOME_TAG)
+
+
+class ClockInput:
+    """An input port that reads only MIDI clock into a :class:`ClockFollower` (``musebot-clock:in``, or a
+    connection to a named output port). The callback does the follower's few arithmetic steps at once:
+    the tick's arrival time is the measurement, so it must not wait in a queue."""
+
+    def __init__(self, api: int, follower: ClockFollower, port: str | None = None,
+                 client_name: str = "musebot-clock") -> None:
+        import rtmidi
+
+        from musebot.realtime.errors import PortNotFoundError
+        from musebot.realtime.outputs import find_port
+
+        self.follower = follower
+        self._lock = threading.Lock()
+        self._midi_in = rtmidi.MidiIn(api, name=client_name)
+        self._midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
+        self._midi_in.set_callback(self._callback)
+        if port is None:
+            self._midi_in.open_virtual_port("in")
+            self.name = f"{client_name}:in"
+        else:
+            names = self._midi_in.get_ports()
+            index = find_port(names, port)
+            if index is None:
+                self._midi_in.delete()
+                raise PortNotFoundError(f"no MIDI clock source named {port!r}; ports are: "
+                                        f"{', '.join(names) or 'none'} (list them with `musebot ports`)")
+            self._midi_in.open_port(index, "in")
+            self.name = names[index]
+
+    def _callback(self, event: tuple, _data: object) -> None:
+        from musebot.realtime.clock import now
+
+        t = now()
+        with self._lock:
+            try:
+                self.follower.handle(t, event[0])
+            except Exception:  # a malformed message must not kill rtmidi's thread
+                log.exception("clock input: cannot handle %r", event[0])
+
+    def close(self) -> None:
+        try:
+            self._midi_in.cancel_callback()
+            self._midi_in.close_port()
+            self._midi_in.delete()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("closing clock input: %s", exc)

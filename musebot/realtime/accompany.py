@@ -1,0 +1,693 @@
+"""``musebot serve --mode accompany``: while the musician plays, musebot plays the other parts.
+
+The parts (``--parts bass,chords,...``, each on its own channel and program, :mod:`constraints`) come from
+the model, conditioned on everything played so far: the musician's finished notes and the parts' own notes
+share one context, each on its own track. Generation runs ahead of the playhead (spec ``realtime-field.md``
+§5 item 2, speculation with a commit horizon and retraction):
+
+* the model samples the next events of every track, **the musician's included**: its guess of what the
+  musician will play is used for planning and never played;
+* planned part notes that come within the commit horizon (``commit_beats``, about a beat) are fixed: they
+  are scheduled and join the context;
+* the rest of the plan is rolled back (``Engine.rollback``) and re-planned when the musician's actual notes
+  differ from the guess (a different pitch, or no guessed note near the played one), or when the key
+  changes (the key lock then also retracts fixed notes not yet sent that left the new key);
+* when generation falls behind, the planner degrades: it stops guessing the musician's part and plans a
+  shorter way ahead; a note it could not fix in time is dropped and counted, never sent late.
+
+:class:`Band` holds what the accompaniment and the reflexive looper (:mod:`looper`) share: the timebase
+(internal clock, external MIDI clock, clock out, metronome and count-in), the parts' programs, their
+scheduling with the live constraints, the telemetry of planned against sent times, and panic. Both offer
+the listener interface of :class:`~musebot.realtime.duet.Duet` (``handle``, ``tick``, ``panic``), so the
+daemon runs them in its listener thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from musebot.engine.masks import DRUM_CHANNEL
+from musebot.realtime import midi
+from musebot.realtime.clock import now
+from musebot.realtime.config import ServeConfig
+from musebot.realtime.constraints import NOTE_NAMES, KeyLock, KeyTracker, LiveSettings, PartConfig, PartMasks
+from musebot.realtime.outputs import Output
+from musebot.realtime.scheduler import Scheduler
+from musebot.realtime.timebase import ClockFollower, ClockSender, Meter, Metronome, Timebase
+
+if TYPE_CHECKING:
+    from musebot.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+STEPS = 16  # grid steps per beat (spec skytnt-format §2.4)
+PART_TAG = "part:"
+MUSICIAN_TRACK = 1
+RESCHEDULE_RATIO = 0.01  # a tempo change beyond 1 % re-times notes already fixed (1 % of a beat: 5 ms at 120)
+
+
+@dataclass
+class BandConfig:
+    """Settings of ``--mode accompany`` and ``--mode looper`` (CLI flags map one to one)."""
+
+    mode: str = "accompany"
+    parts: list[str] = field(default_factory=lambda: ["bass", "chords"])
+    parts_config: str | None = None  # JSON or TOML file (constraints.read_config)
+    key: str = "auto"  # "auto", "off" or e.g. "Eb major"
+    meter: str = "4/4"
+    clock: str = "internal"  # or "external": follow MIDI clock on the clock input
+    clock_in: str = "virtual"  # "virtual" (musebot-clock:in) or an output port name to read clock from
+    clock_out: bool = False
+    metronome: bool = False
+    count_in: int = 0  # bars of clicks before bar 1
+    commit_beats: float = 1.0
+    plan_beats: float = 3.0
+    min_plan_beats: float = 1.25
+    safety_ms: float = 4.0  # a note fixed less than this before its time is dropped
+    max_context: int = 768  # events kept in the model's context (the oldest quarter leaves past it)
+    looper_source: str = "auto"  # replay | generate | auto (replay what was recorded, else generate)
+    interplay: str = "mirror"  # mirror | contrast (density and energy of the chosen loop)
+    loop_bars: int = 4  # bars remembered per role
+
+    def validate(self) -> None:
+        if self.mode not in ("accompany", "looper"):
+            raise ValueError(f"band mode must be accompany or looper, got {self.mode!r}")
+        if self.clock not in ("internal", "external"):
+            raise ValueError(f"--clock must be internal or external, got {self.clock!r}")
+        if not 0.25 <= self.commit_beats <= 8:
+            raise ValueError(f"--commit-beats must be 0.25..8, got {self.commit_beats}")
+        if self.plan_beats < self.commit_beats or self.min_plan_beats < self.commit_beats * 0.5:
+            raise ValueError("--plan-beats must be at least the commit horizon (--commit-beats)")
+        if self.looper_source not in ("replay", "generate", "auto"):
+            raise ValueError(f"--looper-source must be replay, generate or auto, got {self.looper_source!r}")
+        if self.interplay not in ("mirror", "contrast"):
+            raise ValueError(f"--interplay must be mirror or contrast, got {self.interplay!r}")
+        if not 0 <= self.count_in <= 8:
+            raise ValueError(f"--count-in must be 0..8 bars, got {self.count_in}")
+        Meter.parse(self.meter)
+
+
+@dataclass
+class Telemetry:
+    """Planned against sent times of the parts' note-ons, and what never sounded."""
+
+    errors: deque = field(default_factory=lambda: deque(maxlen=200_000))  # sent - planned, seconds
+    dropped: int = 0  # fixed too late to send on time: not sent
+    stale: int = 0  # planned for a time already past when generated (re-planned, never due)
+    retracted: int = 0  # fixed, then withdrawn before sounding (key change, stop)
+
+    def within(self, tolerance_s: float = 0.002) -> float:
+        errors = np.abs(np.array(self.errors))
+        return float(np.mean(errors <= tolerance_s)) if len(errors) else 1.0
+
+
+class Band:
+    """What accompaniment and looper share (module docstring); subclasses add the musical logic."""
+
+    mode = "band"
+
+    def __init__(self, config: ServeConfig, band: BandConfig, scheduler: Scheduler,
+                 outputs: Sequence[Output], settings: LiveSettings, api: int | None = None) -> None:
+        band.validate()
+        self.config = config
+        self.band = band
+        self.scheduler = scheduler
+        self.outputs = list(outputs)
+        self.settings = settings
+        self.timebase = Timebase(config.bpm, Meter.parse(band.meter))
+        self.follower = ClockFollower(self.timebase) if band.clock == "external" else None
+        self.clock_sender = ClockSender(self.timebase, scheduler, outputs) if band.clock_out else None
+        self.metronome = Metronome(self.timebase, scheduler, outputs, band.metronome, band.count_in)
+        self.telemetry = Telemetry()
+        self.key_lock = KeyLock.parse(band.key)
+        self.key_tracker = KeyTracker()
+        self.counts = {"received": 0, "invalid": 0, "panics": 0, "notes": 0, "controls": 0}
+        self.clock_input = None
+        channels = [p.channel for p in settings.parts.values()]
+        if len(set(channels)) != len(channels):
+            raise ValueError("two parts share a MIDI channel: give each its own in the parts config")
+        self._chain_send_hook()
+        self._send_programs()
+        if self.follower is not None:
+            if api is not None:
+                from musebot.realtime.timebase import ClockInput
+
+                self.clock_input = ClockInput(api, self.follower, None if band.clock_in == "virtual"
+                                              else band.clock_in)
+            log.info("waiting for MIDI clock start on %s", self.clock_input.name if self.clock_input
+                     else "(no MIDI system)")
+        else:
+            start = now() + 0.05
+            self.timebase.start(start, -band.count_in * self.timebase.meter.bar_beats)
+            log.info("internal clock: %.1f bpm in %s%s", config.bpm, band.meter,
+                     f", {band.count_in} bar(s) count-in" if band.count_in else "")
+
+    # ---- plumbing shared by both modes --------------------------------------------------------------
+    def _chain_send_hook(self) -> None:
+        previous = self.scheduler.on_send
+
+        def on_send(due: float, sent: float, output: Output, msg: midi.Message, tag: str | None) -> None:
+            if previous is not None:
+                previous(due, sent, output, msg, tag)
+            if tag and tag.startswith(PART_TAG) and midi.is_note_on(msg) and output is self.outputs[0]:
+                self.telemetry.errors.append(sent - due)
+
+        self.scheduler.on_send = on_send
+
+    def _send_programs(self) -> None:
+        for part in self.settings.parts.values():
+            for output in self.outputs:
+                output.send((midi.PROGRAM_CHANGE | part.channel, part.program))
+
+    def part_channels(self) -> set[int]:
+        return {p.channel for p in self.settings.parts.values()}
+
+    def play_note(self, part: PartConfig, due: float, end: float, pitch: int, velocity: int) -> bool:
+        """Schedule one part note at ``due`` with the live settings, unless too late (then dropped) or
+        muted; True when it was scheduled."""
+        if due < now() + self.band.safety_ms / 1000:
+            self.telemetry.dropped += 1
+            return False
+        if not self.settings.audible(part.name):
+            return False
+        on = midi.note_on(part.channel, pitch, part.velocity(velocity))
+        off = midi.note_off(part.channel, pitch)
+        items = [(due, o, on) for o in self.outputs] + [(max(end, due + 0.01), o, off) for o in self.outputs]
+        self.scheduler.schedule_many(items, PART_TAG + part.name)
+        self.counts["notes"] += 1
+        return True
+
+    def retract(self, name: str | None = None) -> int:
+        """Withdraw every part note scheduled and not yet sent (``name``: one part), releasing sounding ones."""
+        names = [name] if name else list(self.settings.parts)
+        return sum(self.scheduler.cancel(PART_TAG + n, release=True) for n in names)
+
+    # ---- the listener interface ---------------------------------------------------------------------
+    def handle(self, t: float, data: object) -> None:
+        """One message from the musician's input at ``t``."""
+        msg = midi.channel_message(data)
+        if msg is None:
+            self.counts["invalid"] += 1
+            return
+        self.counts["received"] += 1
+        if midi.kind_of(msg) == midi.CONTROL_CHANGE and self.control(t, msg[1], msg[2]):
+            self.counts["controls"] += 1
+            return
+        if self.config.thru:
+            for output in self.outputs:
+                output.send(msg)
+        auto_key = self.key_lock.mode == "auto" and midi.channel_of(msg) != DRUM_CHANNEL
+        if midi.is_note_on(msg) and auto_key and self.key_tracker.hear(self.timebase.beat_at(t), msg[1]):
+            log.info("key: %s major (or its relative minor) at beat %.2f",
+                     NOTE_NAMES[self.key_tracker.tonic], self.timebase.beat_at(t))
+            self.key_changed(t)
+        self.hear(t, msg)
+
+    def control(self, t: float, controller: int, value: int) -> bool:
+        if controller == self.config.controls.panic and value >= 64:
+            self.panic(t, "panic controller", all_channels=True)
+            return True
+        changed = self.settings.control(controller, value)
+        if changed:
+            log.info("part control: %s", changed)
+            return True
+        return False
+
+    def tick(self, t: float) -> None:
+        """Called by the listener between messages: clock watchdog, clock out, metronome."""
+        if self.follower is not None:
+            self.follower.check(t)
+        if self.clock_sender is not None:
+            self.clock_sender.pump(t)
+        self.metronome.pump(t)
+
+    def pitch_classes(self) -> frozenset[int] | None:
+        if self.key_lock.mode == "auto":
+            return self.key_tracker.pitch_classes()
+        return self.key_lock.pitch_classes()
+
+    def hear(self, t: float, msg: midi.Message) -> None:
+        """A musical message of the musician (subclasses)."""
+
+    def key_changed(self, t: float) -> None:
+        """The musician's key moved (subclasses)."""
+
+    def set_mode(self, t: float, mode: str) -> None:
+        raise ValueError("accompany and looper sessions do not switch mode live; restart with --mode")
+
+    # The daemon also holds the band as its answerer (the network API reads ``name``, sets tempo and
+    # temperature through it, and closes it at shutdown).
+    @property
+    def name(self) -> str:
+        return self.mode
+
+    @property
+    def state(self) -> str:
+        return "playing" if self.timebase.running else "stopped"
+
+    def busy(self) -> bool:
+        return self.timebase.running
+
+    def set_tempo(self, bpm: float) -> None:
+        """The internal clock's tempo from now on (an external clock keeps its own)."""
+        if self.follower is not None and self.follower.locked:
+            log.warning("tempo %.1f ignored: the external MIDI clock sets the tempo", bpm)
+            return
+        self.timebase.set_tempo(bpm, now())
+        log.info("tempo %.1f bpm", bpm)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Sampling temperature of the parts the model plays (from the next event on)."""
+        self.config.temperature = temperature
+        for holder in (self, getattr(self, "generator", None)):
+            sampler = getattr(holder, "sampler", None)
+            if sampler is not None:
+                holder.sampler = replace(sampler, temperature=temperature)  # one reference swap: thread-safe
+
+    def settings_dict(self) -> dict:
+        """The band's live state for the network API: clock, key and each part's settings."""
+        tb = self.timebase
+        with self.settings.lock:
+            parts = {n: {k: v for k, v in vars(p).items() if k != "name"} for n, p in self.settings.parts.items()}
+        return {
+            "mode": self.mode, "bpm": round(tb.bpm, 2), "meter": str(tb.meter), "clock": tb.source,
+            "running": tb.running, "beat": round(tb.beat_at(now()), 3), "key": str(self.key_lock),
+            "tracked_key": None if self.key_tracker.tonic is None else NOTE_NAMES[self.key_tracker.tonic],
+            "parts": parts, "controls": dict(self.settings.controls),
+            "telemetry": {"notes": self.counts["notes"], "within_2ms": round(self.telemetry.within(), 5),
+                          "dropped": self.telemetry.dropped, "stale": self.telemetry.stale,
+                          "retracted": self.telemetry.retracted},
+        }
+
+    def panic(self, t: float, reason: str, all_channels: bool = False) -> None:
+        self.counts["panics"] += 1
+        self.scheduler.clear()
+        for output in self.outputs:
+            output.panic(all_channels=all_channels)
+        log.warning("panic (%s): every note released on %d output(s)", reason, len(self.outputs))
+
+    def close(self) -> None:
+        if self.clock_input is not None:
+            self.clock_input.close()
+
+
+@dataclass
+class _Item:
+    """One note of the context: grid step (1/16 beat from beat 0), track, channel, pitch, velocity, length."""
+
+    step: int
+    track: int
+    channel: int
+    pitch: int
+    velocity: int
+    duration: int
+    part: str | None = None  # None: the musician's
+
+
+class Accompanist(Band):
+    """The accompaniment planner (module docstring): a thread that owns the engine."""
+
+    mode = "accompany"
+
+    def __init__(self, engine: Engine, config: ServeConfig, band: BandConfig, scheduler: Scheduler,
+                 outputs: Sequence[Output], settings: LiveSettings, api: int | None = None) -> None:
+        super().__init__(config, band, scheduler, outputs, settings, api)
+        from musebot.engine.sampling import SamplerSettings
+        from musebot.tokenizers import MIDITokenizer
+
+        if sys.getswitchinterval() > 0.0005:
+            # The scheduler thread must get the GIL within a fraction of a ms of its deadline, not 5 ms.
+            sys.setswitchinterval(0.0005)
+        self.engine = engine
+        self.tokenizer = MIDITokenizer.from_dict(engine.config["tokenizer"])
+        self.sampler = SamplerSettings(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+        self.parts = list(settings.parts.values())
+        self.tracks = {MUSICIAN_TRACK: 0}
+        for i, part in enumerate(self.parts):
+            self.tracks[MUSICIAN_TRACK + 1 + i] = part.channel
+        self.part_of_channel = {p.channel: p for p in self.parts}
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._held: dict[int, _Item] = {}  # the musician's sounding notes by pitch (planner thread)
+        self.committed: list[_Item] = []  # the musician's finished notes and the fixed part notes
+        self._rows: list[list[int]] = []  # rows in the engine after BOS (context, then plan)
+        self._plan: list[_Item] = []  # planned, not fixed (part notes and guesses of the musician)
+        self._plan_rows = 0  # how many of _rows are plan
+        self._masks: PartMasks | None = None
+        self._masks_key: tuple | None = None
+        self.degraded = False
+        self.plan_stats = {"replans": 0, "events": 0, "guess_hits": 0, "guess_misses": 0, "compute_s": 0.0,
+                           "behind": 0}
+        self._last_step = 0  # grid step of the last row in the engine (context or plan)
+        self._rng = np.random.default_rng(config.seed)
+        self._stopped_seen = False
+        self._bpm_seen = self.timebase.bpm
+        engine.reset()
+        engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="musebot-accompany", daemon=True)
+        self._thread.start()
+
+    # ---- listener thread: only enqueue ---------------------------------------------------------------
+    def hear(self, t: float, msg: midi.Message) -> None:
+        # The onset goes to the planner at once (it decides whether the plan still holds); the length
+        # follows at the release. Both in beats, read from the timebase at the moment they were played.
+        if midi.is_note_on(msg):
+            self._inbox.put(("on", self.timebase.beat_at(t), msg[1], msg[2]))
+        elif midi.is_note_off(msg):
+            self._inbox.put(("off", self.timebase.beat_at(t), msg[1]))
+
+    def key_changed(self, t: float) -> None:
+        self._inbox.put(("key", t))
+
+    def panic(self, t: float, reason: str, all_channels: bool = False) -> None:
+        self._inbox.put(("replan", t))
+        super().panic(t, reason, all_channels)
+
+    def close(self) -> None:
+        self._running = False
+        self._inbox.put(("quit",))
+        self._thread.join(2.0)
+        super().close()
+
+    # ---- the planner thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while self._running:
+            try:
+                self._step()
+            except Exception:  # a model error must not stop the band: drop the plan and go on
+                log.exception("accompany planner: error; the plan is dropped")
+                self._drop_plan()
+
+    def _step(self) -> None:
+        tb = self.timebase
+        self._drain()
+        if not self._running:
+            return
+        if not tb.running:
+            if not self._stopped_seen:
+                self._stopped_seen = True
+                self.telemetry.retracted += self.retract()
+                self._drop_plan()
+                # Part notes fixed past the stop position never sounded: they leave the context.
+                position = tb.beat_at(now()) * STEPS
+                self.committed = [i for i in self.committed if i.part is None or i.step < position]
+                log.info("clock stopped: the parts stop with it")
+            self._wait(0.01)
+            return
+        self._stopped_seen = False
+        playhead = tb.beat_at(now()) * STEPS
+        self._follow_timebase(playhead)
+        horizon = (self.band.min_plan_beats if self.degraded else self.band.plan_beats) * STEPS
+        if self._missed_guesses(playhead):
+            self._drop_plan()
+        self._commit(playhead)
+        end = self._last_step if self._plan_rows else self._context_end()
+        if end < playhead + horizon:
+            self._generate_one(playhead)
+            self._check_pace(playhead)
+        else:
+            self._wait(0.004)
+
+    def _follow_timebase(self, playhead: float) -> None:
+        """Keep the fixed notes on the beat when the clock changes: a tempo change of more than
+        ``RESCHEDULE_RATIO`` re-times the notes fixed ahead of the playhead; a jump back (start from bar 1,
+        song position) starts a new context."""
+        tb = self.timebase
+        if self.committed and playhead < self.committed[-1].step - 4 * STEPS:
+            log.info("accompany: the clock went back to beat %.1f; a new context starts", playhead / STEPS)
+            self.retract()
+            self.committed = []
+            self._held.clear()
+            self._drop_plan()
+        if abs(tb.bpm / self._bpm_seen - 1) > RESCHEDULE_RATIO:
+            self._bpm_seen = tb.bpm
+            for name in self.settings.parts:  # pending note-offs go too; sounding notes get theirs back below
+                self.scheduler.cancel(PART_TAG + name, release=False)
+            for item in self.committed:
+                if item.part is None or item.step + item.duration < playhead:
+                    continue
+                if item.step >= playhead + 1:
+                    self._schedule(item)
+                else:  # sounding: only its release moves
+                    self._schedule_off(item)
+            self._drop_plan()
+
+    def _wait(self, seconds: float) -> None:
+        try:
+            command = self._inbox.get(timeout=seconds)
+        except queue.Empty:
+            return
+        self._inbox.put(command)  # handled in order by the next _drain
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            kind = command[0]
+            if kind == "on":
+                self._musician_on(*command[1:])
+            elif kind == "off":
+                self._musician_off(*command[1:])
+            elif kind == "key":
+                retracted = self._retract_out_of_key()
+                self.telemetry.retracted += retracted
+                self._drop_plan()
+            elif kind == "replan":
+                self._drop_plan()
+                self.committed = [i for i in self.committed if i.part is None or i.step <= self._now_step()]
+            elif kind == "quit":
+                self._running = False
+                return
+
+    def _now_step(self) -> float:
+        return self.timebase.beat_at(now()) * STEPS
+
+    def _context_end(self) -> int:
+        return self.committed[-1].step if self.committed else int(self._now_step())
+
+    def _musician_on(self, beat: float, pitch: int, velocity: int) -> None:
+        """A note of the musician enters the context at its onset, with a provisional length of a beat
+        (corrected at its release; the next re-sync of the context writes the true one)."""
+        step = max(0, round(beat * STEPS))
+        if pitch in self._held:
+            self._musician_off(beat, pitch)
+        item = _Item(step, MUSICIAN_TRACK, 0, pitch, velocity, STEPS)
+        self._held[pitch] = item
+        _insert(self.committed, item)
+        # Was it guessed? A guessed note of the same pitch within a sixteenth keeps the plan.
+        for guess in self._plan:
+            if guess.part is None and guess.pitch == pitch and abs(guess.step - step) <= 1:
+                self.plan_stats["guess_hits"] += 1
+                self._plan.remove(guess)
+                return
+        self.plan_stats["guess_misses"] += 1
+        self._drop_plan()
+
+    def _musician_off(self, beat: float, pitch: int) -> None:
+        item = self._held.pop(pitch, None)
+        if item is not None:
+            item.duration = max(1, round(beat * STEPS) - item.step)
+
+    def _missed_guesses(self, playhead: float) -> bool:
+        """A guessed note of the musician whose moment has passed unplayed: the plan followed a wrong
+        guess (the musician stopped, or plays elsewhere), so it is re-planned."""
+        for item in self._plan:
+            if item.part is None and item.step < playhead - 1:
+                self.plan_stats["guess_misses"] += 1
+                return True
+        return False
+
+    def _drop_plan(self) -> None:
+        if self._plan or self._plan_rows:
+            self.plan_stats["replans"] += 1
+        self._plan = []
+        self._plan_rows = 0  # the engine rows past the context are re-synced before the next event
+
+    def _retract_out_of_key(self) -> int:
+        """Fixed part notes not yet sent that fall outside the new key leave the schedule and the context."""
+        classes = self.pitch_classes()
+        if classes is None:
+            return 0
+        later = self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
+        pending = [i for i in self.committed if i.part is not None and i.step > later]
+        if not any(i.pitch % 12 not in classes and i.channel != 9 for i in pending):
+            return 0
+        count = self.retract()
+        gone = {id(i) for i in pending}
+        self.committed = [i for i in self.committed if id(i) not in gone]
+        # Those in key go back on the schedule (the retract took the whole part's queue).
+        for item in pending:
+            if item.pitch % 12 in classes or item.channel == 9:
+                self._schedule(item)
+                _insert(self.committed, item)
+        return count
+
+    # ---- model ---------------------------------------------------------------------------------------
+    def _masks_now(self) -> PartMasks:
+        classes = self.pitch_classes()
+        tracks = dict(self.tracks)
+        if self.degraded:
+            del tracks[MUSICIAN_TRACK]  # no more guessing of the musician: half the events to sample
+        key = (classes, tuple(sorted(tracks)))
+        if self._masks is None or self._masks_key != key:
+            registers = {p.channel: (p.low, p.high) for p in self.parts}
+            self._masks = PartMasks(self.engine.vocab, tracks, registers, classes,
+                                    max_time_gap=2 * STEPS, max_duration=4 * STEPS)
+            self._masks_key = key
+        return self._masks
+
+    def _encode(self, items: Sequence[_Item], beat: int) -> list[list[int]]:
+        """Rows of ``items`` (step order) after a row at ``beat``; sets ``_last_step`` to the last row's step."""
+        rows = []
+        self._last_step = beat * STEPS
+        for item in items:
+            b, t2 = divmod(item.step, STEPS)
+            b = max(b, beat)
+            # time1 has 128 values: a longer silence is shortened to 127 beats (the model never sees more).
+            row = self.tokenizer.event_to_row(["note", min(b - beat, 127), t2, item.track, item.channel,
+                                               item.pitch, item.velocity, min(item.duration, 2047)])
+            if row is not None:
+                rows.append(row)
+                beat = b
+                self._last_step = item.step
+        return rows
+
+    def _sync_context(self) -> None:
+        """Make the engine hold BOS + the committed context exactly (rolling back to the common prefix)."""
+        if len(self.committed) > self.band.max_context:
+            self.committed = self.committed[len(self.committed) - self.band.max_context * 3 // 4:]
+        rows = self._encode(self.committed, self.committed[0].step // STEPS if self.committed else 0)
+        common = 0
+        limit = min(len(rows), len(self._rows))
+        while common < limit and rows[common] == self._rows[common]:
+            common += 1
+        self.engine.rollback(1 + common)
+        if len(rows) > common:
+            self.engine.append(np.asarray(rows[common:], np.int64))
+        self._rows = rows
+        self._plan_rows = 0
+        self._plan = []
+        self._rng = np.random.default_rng([self.config.seed, len(self.committed)])
+
+    def _generate_one(self, playhead: float) -> None:
+        if self._plan_rows == 0 and not self._plan:
+            self._sync_context()
+        start = now()
+        row = self.engine.step(self.sampler, self._masks_now(), self._rng)[0].tolist()
+        self.plan_stats["compute_s"] += now() - start
+        self.plan_stats["events"] += 1
+        event = self.tokenizer.row_to_event(row)
+        previous = self._last_step
+        prev_beat = previous // STEPS
+        if event is None or event[0] != "note":
+            self.engine.rollback(self.engine.n_events - 1)
+            return
+        _, time1, time2, track, channel, pitch, velocity, duration = event
+        step = max((prev_beat + time1) * STEPS + time2, previous)
+        part = self.part_of_channel.get(channel) if track != MUSICIAN_TRACK else None
+        item = _Item(step, track, channel, pitch, velocity, max(1, duration), part.name if part else None)
+        self._rows.append(row)
+        self._last_step = step
+        self._plan_rows += 1
+        late = step < playhead + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
+        if part is not None and late:
+            self.telemetry.stale += 1
+        if part is not None or not late:  # a guess already in the past can neither match nor be missed
+            self._plan.append(item)
+
+    def _check_pace(self, playhead: float) -> None:
+        """Degrade when the plan does not reach past the commit horizon; recover when it is well ahead."""
+        end = self._last_step
+        commit = playhead + self.band.commit_beats * STEPS
+        if not self.degraded and end < commit and self._plan_rows > 8:
+            self.degraded = True
+            self.plan_stats["behind"] += 1
+            log.warning("accompany: generation behind the playhead; degraded (no guessing of the musician, "
+                        "%.2f-beat plan)", self.band.min_plan_beats)
+        elif self.degraded and end > playhead + self.band.plan_beats * STEPS:
+            self.degraded = False
+            log.info("accompany: generation ahead again; full planning")
+
+    # ---- fixing notes ---------------------------------------------------------------------------------
+    def _commit(self, playhead: float) -> None:
+        """Part notes of the plan inside the commit horizon are fixed and scheduled; guesses of the musician
+        stay in the plan (never played) until the musician's notes confirm or contradict them."""
+        limit = playhead + self.band.commit_beats * STEPS
+        if not self._plan or self._plan[0].step > limit:
+            return
+        keep = []
+        for item in self._plan:
+            if item.step > limit or item.part is None:
+                keep.append(item)
+            elif item.step >= playhead:  # an older one is stale (counted when generated)
+                self._schedule(item)
+                _insert(self.committed, item)
+        self._plan = keep
+
+    def _schedule(self, item: _Item) -> None:
+        tb = self.timebase
+        due = tb.time_at(item.step / STEPS)
+        end = tb.time_at((item.step + item.duration) / STEPS)
+        if due is None or end is None:
+            return
+        part = self.settings.parts[item.part]
+        if part.density < 1.0:
+            # Density thins the part deterministically per note (same seed, same notes kept).
+            keep = np.random.default_rng([self.config.seed, item.step, item.pitch]).random() < part.density
+            if not keep:
+                return
+        self.play_note(part, due, end, item.pitch, item.velocity)
+
+    def _schedule_off(self, item: _Item) -> None:
+        end = self.timebase.time_at((item.step + item.duration) / STEPS)
+        part = self.settings.parts[item.part]
+        if end is not None:
+            off = midi.note_off(part.channel, item.pitch)
+            self.scheduler.schedule_many([(max(end, now()), o, off) for o in self.outputs], PART_TAG + part.name)
+
+
+def _insert(items: list[_Item], item: _Item) -> None:
+    """Insert keeping step order (stable: equal steps keep arrival order)."""
+    i = len(items)
+    while i > 0 and items[i - 1].step > item.step:
+        i -= 1
+    items.insert(i, item)
+
+
+def make_band(config: ServeConfig, band: BandConfig, scheduler: Scheduler, outputs: Sequence[Output],
+              model: str | None, api: int | None = None) -> Band:
+    """The accompaniment or the looper of a serve session (``--mode accompany|looper``)."""
+    from musebot.realtime.errors import RealtimeError
+
+    band.validate()
+    names = band.parts if band.mode == "accompany" else [p for p in band.parts if p in ("bass", "chords",
+                                                                                         "melody")]
+    if band.mode == "looper":
+        names = names or ["bass", "chords", "melody"]
+    settings = LiveSettings.for_parts(names, band.parts_config)
+    engine = None
+    if model:
+        from musebot.engine.engine import Engine, ModelLoadError
+
+        try:
+            engine = Engine.load(model, provider="auto", threads=1)
+        except ModelLoadError as exc:
+            raise RealtimeError(str(exc)) from exc
+    if band.mode == "accompany":
+        if engine is None:
+            raise RealtimeError("--mode accompany needs --model DIR (the parts come from the model)")
+        return Accompanist(engine, config, band, scheduler, outputs, settings, api)
+    from musebot.realtime.looper import Looper
+
+    return Looper(config, band, scheduler, outputs, settings, engine, api)
