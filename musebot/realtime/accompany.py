@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BAND_MODES = ("accompany", "looper")
 STEPS = 16  # grid steps per beat (spec skytnt-format §2.4)
 PART_TAG = "part:"
 MUSICIAN_TRACK = 1
@@ -78,6 +79,13 @@ class BandConfig:
     interplay: str = "mirror"  # mirror | contrast (density and energy of the chosen loop)
     loop_bars: int = 4  # bars remembered per role
 
+    @classmethod
+    def for_mode(cls, mode: str, **settings: object) -> BandConfig:
+        """Defaults of ``mode``: the looper plays all three roles unless told otherwise."""
+        if mode == "looper" and "parts" not in settings:
+            settings["parts"] = ["bass", "chords", "melody"]
+        return cls(mode=mode, **settings)
+
     def validate(self) -> None:
         if self.mode not in ("accompany", "looper"):
             raise ValueError(f"band mode must be accompany or looper, got {self.mode!r}")
@@ -93,6 +101,14 @@ class BandConfig:
             raise ValueError(f"--interplay must be mirror or contrast, got {self.interplay!r}")
         if not 0 <= self.count_in <= 8:
             raise ValueError(f"--count-in must be 0..8 bars, got {self.count_in}")
+        if not 1 <= self.loop_bars <= 32:
+            raise ValueError(f"--loop-bars must be 1..32, got {self.loop_bars}")
+        if not self.parts:
+            raise ValueError("--parts names no part")
+        if len(set(self.parts)) != len(self.parts):
+            raise ValueError(f"--parts names a part twice: {','.join(self.parts)}")
+        if self.mode == "looper" and set(self.parts) - {"bass", "chords", "melody"}:
+            raise ValueError("the looper plays the roles bass, chords and melody: --parts may name only those")
         Meter.parse(self.meter)
 
 
@@ -125,13 +141,16 @@ class Band:
         self.settings = settings
         self.timebase = Timebase(config.bpm, Meter.parse(band.meter))
         self.follower = ClockFollower(self.timebase) if band.clock == "external" else None
-        self.clock_sender = ClockSender(self.timebase, scheduler, outputs) if band.clock_out else None
+        # Clock goes to MIDI ports only (a synthesiser has no use for it).
+        ports = [o for o in self.outputs if o.kind != "fluidsynth"]
+        self.clock_sender = ClockSender(self.timebase, scheduler, ports) if band.clock_out and ports else None
         self.metronome = Metronome(self.timebase, scheduler, outputs, band.metronome, band.count_in)
         self.telemetry = Telemetry()
         self.key_lock = KeyLock.parse(band.key)
         self.key_tracker = KeyTracker()
         self.counts = {"received": 0, "invalid": 0, "panics": 0, "notes": 0, "controls": 0}
         self.clock_input = None
+        self.recorder = None  # the daemon's SessionRecorder, when recording
         channels = [p.channel for p in settings.parts.values()]
         if len(set(channels)) != len(channels):
             raise ValueError("two parts share a MIDI channel: give each its own in the parts config")
@@ -205,6 +224,8 @@ class Band:
         if self.config.thru:
             for output in self.outputs:
                 output.send(msg)
+        if self.recorder is not None:
+            self.recorder.add(t, "musician", msg)
         auto_key = self.key_lock.mode == "auto" and midi.channel_of(msg) != DRUM_CHANNEL
         if midi.is_note_on(msg) and auto_key and self.key_tracker.hear(self.timebase.beat_at(t), msg[1]):
             log.info("key: %s major (or its relative minor) at beat %.2f",
@@ -671,11 +692,7 @@ def make_band(config: ServeConfig, band: BandConfig, scheduler: Scheduler, outpu
     from musebot.realtime.errors import RealtimeError
 
     band.validate()
-    names = band.parts if band.mode == "accompany" else [p for p in band.parts if p in ("bass", "chords",
-                                                                                         "melody")]
-    if band.mode == "looper":
-        names = names or ["bass", "chords", "melody"]
-    settings = LiveSettings.for_parts(names, band.parts_config)
+    settings = LiveSettings.for_parts(band.parts, band.parts_config)
     engine = None
     if model:
         from musebot.engine.engine import Engine, ModelLoadError

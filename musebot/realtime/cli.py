@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'musebot:in' and a virtual output 'musebot-out:out' (JACK client names; with JACK start a server "
         "first, e.g. jackd -d dummy). Several --output flags play to several outputs at once.",
     )
-    add_session_arguments(serve)
+    add_session_arguments(serve, modes=("call", "listen", "accompany", "looper"))
+    add_band_arguments(serve)
     serve.add_argument("--input", default="virtual",
                        help="'virtual' (default), an input port name, or 'none'")
     serve.add_argument(
@@ -67,11 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=run_bench)
 
 
-def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...] = ("call", "listen")) -> None:
     """Musical settings shared by ``serve`` and ``demo`` (ServeConfig fields)."""
     defaults, controls = ServeConfig(), ControlConfig()
-    parser.add_argument("--mode", choices=("call", "listen"), default="call",
-                        help="call: call and response (default); listen: thru and recording only")
+    parser.add_argument("--mode", choices=modes, default="call",
+                        help="call: call and response (default); listen: thru and recording only"
+                        + ("; accompany: musebot plays --parts beside you; looper: musebot plays the roles "
+                           "(bass, chords, melody) you are not playing" if "looper" in modes else ""))
     parser.add_argument("--model", metavar="DIR", help="exported model folder (config.json + ONNX graphs)")
     parser.add_argument("--answer", choices=("model", "echo"),
                         help="who answers: the model (default with --model) or echo (plays the call back)")
@@ -101,6 +104,61 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--cc-" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=getattr(controls, name), metavar="CC",
                             help=f"CC number for {name.replace('_', ' ')} (default %(default)s; -1: off)")
+
+
+def add_band_arguments(parser: argparse.ArgumentParser) -> None:
+    """Settings of ``--mode accompany`` and ``--mode looper`` (BandConfig fields)."""
+    from musebot.realtime.accompany import BandConfig
+
+    band = BandConfig()
+    group = parser.add_argument_group("accompany and looper")
+    group.add_argument("--parts", help="parts musebot plays, comma-separated, from bass, chords, melody, drums, "
+                       "pad (default: bass,chords to accompany; bass,chords,melody in the looper)")
+    group.add_argument("--parts-config", metavar="FILE",
+                       help="JSON or TOML file: each part's channel, program, register, density, velocity, "
+                       "mute/solo; the key; controller numbers")
+    group.add_argument("--key", default=band.key,
+                       help="key lock: auto (follow the musician, default), off, or e.g. 'Eb major'")
+    group.add_argument("--meter", default=band.meter, help="time signature (default %(default)s)")
+    group.add_argument("--clock", choices=("internal", "external"), default=band.clock,
+                       help="internal: musebot's own clock at --bpm (default); external: follow MIDI clock")
+    group.add_argument("--clock-in", default=band.clock_in, metavar="PORT",
+                       help="where external MIDI clock comes from: 'virtual' (a port musebot-clock:in, "
+                       "default) or a port name")
+    group.add_argument("--clock-out", action="store_true", help="send MIDI clock, start/stop and song "
+                       "position on the outputs (to drive a DAW)")
+    group.add_argument("--metronome", action="store_true", help="click every beat (GM drum channel 10)")
+    group.add_argument("--count-in", type=int, default=band.count_in, metavar="BARS",
+                       help="bars of clicks before bar 1 (default %(default)s)")
+    group.add_argument("--commit-beats", type=float, default=band.commit_beats,
+                       help="accompany: planned notes this close are fixed (default %(default)s beat)")
+    group.add_argument("--plan-beats", type=float, default=band.plan_beats,
+                       help="accompany: how far ahead the parts are planned (default %(default)s beats)")
+    group.add_argument("--looper-source", choices=("auto", "replay", "generate"), default=band.looper_source,
+                       help="looper: replay your recorded bars, generate with the model, or auto (replay a "
+                       "recorded role, generate the others; default)")
+    group.add_argument("--interplay", choices=("mirror", "contrast"), default=band.interplay,
+                       help="looper: replay the recorded bar closest to (mirror) or farthest from (contrast) "
+                       "your density and energy (default %(default)s)")
+    group.add_argument("--loop-bars", type=int, default=band.loop_bars,
+                       help="looper: bars remembered per role (default %(default)s)")
+
+
+def band_from_args(args: argparse.Namespace):
+    """The BandConfig of ``--mode accompany|looper`` (None for the other modes)."""
+    from musebot.realtime.accompany import BAND_MODES, BandConfig
+
+    if args.mode not in BAND_MODES:
+        return None
+    settings = {"parts": [p.strip() for p in args.parts.split(",") if p.strip()]} if args.parts else {}
+    band = BandConfig.for_mode(
+        args.mode, **settings, parts_config=args.parts_config, key=args.key, meter=args.meter,
+        clock=args.clock, clock_in=args.clock_in, clock_out=args.clock_out, metronome=args.metronome,
+        count_in=args.count_in, commit_beats=args.commit_beats, plan_beats=args.plan_beats,
+        looper_source=args.looper_source, interplay=args.interplay, loop_bars=args.loop_bars,
+    )
+    band.validate()
+    return band
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -151,12 +209,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from musebot.realtime.errors import RealtimeError
 
     config = config_from_args(args)
+    try:
+        band = band_from_args(args)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
     options = ServeOptions(
         input=args.input, outputs=args.outputs or ["virtual"], api=args.api, mode=args.mode,
         answer=args.answer, model=args.model, soundfont=args.soundfont,
         fluidsynth_driver=args.fluidsynth_driver,
         fluidsynth_file=args.fluidsynth_file, record=args.record,
-        port=args.port, host=args.host, token=args.token, osc_port=args.osc_port,
+        port=args.port, host=args.host, token=args.token, osc_port=args.osc_port, band=band,
     )
     for flag, port in (("--port", args.port), ("--osc-port", args.osc_port)):
         if port is not None and not 0 <= port <= 65535:

@@ -21,7 +21,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musebot.realtime import duet as duet_module
 from musebot.realtime import ports
+from musebot.realtime.accompany import BAND_MODES, BandConfig
 from musebot.realtime.answers import Answerer, AnswerSlot, EchoAnswerer
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
@@ -33,6 +35,7 @@ from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
+SERVE_MODES = tuple(duet_module.MODES) + BAND_MODES  # every --mode of ``musebot serve`` (the network API's list)
 CLIENT_NAME = "musebot"  # the input's client: "musebot:in"; the virtual output's: "musebot-out:out"
 HEALTH_PERIOD_S = 0.5
 
@@ -55,6 +58,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     token: str | None = None  # required by the API when host is not loopback (generated if not given)
     osc_port: int | None = None  # OSC control on this UDP port
+    band: BandConfig | None = None  # --mode accompany / looper: parts, clock, key (default: BandConfig())
 
 
 class Daemon:
@@ -88,9 +92,13 @@ class Daemon:
             self._open_outputs()
             self._open_input()
             self.slot = AnswerSlot(self.scheduler, self.outputs, config.answer_channel)
-            self.answerer = self._make_answerer()
-            self.duet = Duet(config, self.scheduler, self.outputs, self.slot, self.answerer, self.recorder,
-                             options.mode)
+            if options.mode in BAND_MODES:
+                # The band plays in the listener's place of the duet, and is the answerer the API talks to.
+                self.duet = self.answerer = self._make_band()
+            else:
+                self.answerer = self._make_answerer()
+                self.duet = Duet(config, self.scheduler, self.outputs, self.slot, self.answerer, self.recorder,
+                                 options.mode)
         except BaseException:
             self.close()
             raise
@@ -152,6 +160,22 @@ class Daemon:
         from musebot.realtime.worker import ModelAnswerer
 
         return ModelAnswerer.load(self.options.model, self.slot, self.config)
+
+    def _make_band(self):
+        from musebot.realtime.accompany import make_band
+
+        if self.options.mode not in SERVE_MODES:
+            raise ValueError(f"--mode must be one of {', '.join(SERVE_MODES)}, got {self.options.mode!r}")
+        band = self.options.band or BandConfig.for_mode(self.options.mode)
+        band.mode = self.options.mode
+        made = make_band(self.config, band, self.scheduler, self.outputs, self.options.model, self.api)
+        made.recorder = self.recorder
+        return made
+
+    def band_settings(self) -> dict | None:
+        """Clock, key, parts and telemetry of an accompany or looper session (None in call/listen mode)."""
+        settings = getattr(self.duet, "settings_dict", None)
+        return settings() if settings is not None else None
 
     # ---- running --------------------------------------------------------------------------------------
     def start(self) -> Daemon:
@@ -224,7 +248,8 @@ class Daemon:
             self.duet.panic(now(), reason)
 
     def _on_send(self, due: float, sent: float, output: Output, msg: tuple, tag: str | None) -> None:
-        if self.recorder is not None and tag == "answer" and output is self.outputs[0]:
+        ours = tag == "answer" or (tag is not None and tag.startswith("part:"))
+        if self.recorder is not None and ours and output is self.outputs[0]:
             self.recorder.add(sent, "musebot", msg)
         for observer in self.send_observers:
             observer(due, sent, output, msg, tag)
