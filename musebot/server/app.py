@@ -236,6 +236,11 @@ class ApiServer:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body larger than {schemas.MAX_BODY_BYTES} bytes")
+        except web.HTTPException:
+            raise
+        except Exception:  # a bug answers 500 in JSON and is logged; the server goes on
+            log.exception("API: error on %s %s", request.method, request.path)
+            return _error(500, "internal error (logged by the daemon)")
 
     def _token_ok(self, request: web.Request) -> bool:
         given = request.headers.get("X-Musebot-Token") or request.query.get("token") or ""
@@ -260,9 +265,9 @@ class ApiServer:
             return _error(413, f"body larger than {schemas.MAX_BODY_BYTES} bytes")
         raw = await request.read()
         try:
-            changes = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, "body is not valid JSON", str(exc)[:200])
+            changes = schemas.parse_json(raw)
+        except schemas.BadJson as exc:
+            return _error(400, "body is not valid JSON", str(exc))
         problem = self._settings.check(changes)
         if problem:
             return _error(400, "invalid settings", problem)
@@ -305,7 +310,11 @@ class ApiServer:
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
-                    self._receive(client, message.data)
+                    try:
+                        self._receive(client, message.data)
+                    except Exception:  # a bug must not close the connection nor stop the server
+                        log.exception("API: error on a WebSocket frame")
+                        self._reply_error(client, "internal error (logged by the daemon)")
                 elif message.type == WSMsgType.BINARY:
                     self._reply_error(client, "binary frames are not accepted: send JSON text frames")
                 elif message.type == WSMsgType.ERROR:
@@ -333,9 +342,9 @@ class ApiServer:
             self._reply_error(client, "rate limit: too many frames, this one was dropped")
             return
         try:
-            frame = json.loads(text)
-        except ValueError:
-            self._reply_error(client, "not valid JSON")
+            frame = schemas.parse_json(text)
+        except schemas.BadJson as exc:
+            self._reply_error(client, f"not valid JSON: {exc}")
             return
         problem = self._frames.check(frame)
         if problem:
@@ -414,9 +423,25 @@ class ApiServer:
             self._post({"type": "played", "t": sent, "due": due, "data": list(msg), "tag": tag})
 
     def _on_plan(self, action: str, items: list, tag: str | None) -> None:
-        notes = [{"due": due, "data": list(msg)} for due, output, msg in items if output is self._output]
+        out = self._output
+        notes = [{"due": due, "data": list(msg)} for due, output, msg in items if output is out]
         if action == "clear" or notes:
             self._post({"type": "plan", "action": action, "tag": tag, "notes": notes})
+        if out is None:
+            return
+        # A cancel (barge-in) or a clear (panic) is reported before the releases it causes, and those go
+        # straight to the output, not through the scheduler's on_send: report them here, so a client sees
+        # every note musebot started also end. A cancel releases the notes still sounding; a panic, all.
+        if action == "cancel":
+            released = [msg for _due, output, msg in items if output is out and midi.is_note_off(msg)
+                        and out.ledger.is_sounding(midi.channel_of(msg), msg[1])]
+        elif action == "clear":
+            released = [midi.note_off(channel, pitch) for channel, pitch in out.ledger.sounding()]
+        else:
+            return
+        t = now()
+        for msg in released:
+            self._post({"type": "played", "t": t, "due": None, "data": list(msg), "tag": tag or "panic"})
 
 
 def _error(status: int, message: str, details: str | None = None) -> web.Response:

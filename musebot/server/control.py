@@ -40,6 +40,9 @@ class Control:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.network_input_dropped = 0
+        # Constraints set through the API: the worker takes a new mask table on its own thread, a moment
+        # later, so the settings report what was asked for rather than a table not swapped in yet.
+        self.constraints: dict = {}
 
     # ---- reading -------------------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -55,10 +58,11 @@ class Control:
         }
         masks = getattr(d.answerer, "masks", None)
         if masks is not None:
-            constraints = masks.constraints
-            if constraints.pitch_range is not None:
-                settings["constraints"]["pitch_range"] = list(constraints.pitch_range)
-            classes = constraints.pitch_classes
+            constraints = {"pitch_range": masks.constraints.pitch_range,
+                           "pitch_classes": masks.constraints.pitch_classes, **self.constraints}
+            if constraints["pitch_range"] is not None:
+                settings["constraints"]["pitch_range"] = list(constraints["pitch_range"])
+            classes = constraints["pitch_classes"]
             settings["constraints"]["pitch_classes"] = sorted(classes) if classes is not None else None
         return settings
 
@@ -86,7 +90,7 @@ class Control:
             "bpm": d.config.bpm,
             "answerer": getattr(d.answerer, "name", "unknown"),
             "model": Path(d.options.model).name if d.options.model else None,
-            "state": d.duet.state,
+            "state": getattr(d.duet, "state", "playing"),
             "midi_system": d.api is not None,
             "uptime_s": round(now() - d.started_at, 3),
             "settings": self.settings(),
@@ -122,19 +126,30 @@ class Control:
             if "pitch_classes" in constraints:
                 classes = constraints["pitch_classes"]
                 kwargs["pitch_classes"] = frozenset(classes) if classes is not None else None
+            now_set = {"pitch_range": answerer.masks.constraints.pitch_range,
+                       "pitch_classes": answerer.masks.constraints.pitch_classes, **self.constraints, **kwargs}
+            low, high = now_set["pitch_range"] or (0, 127)
+            classes = now_set["pitch_classes"]
+            # The mask table accepts an empty pitch set and the engine would then have nothing to sample.
+            if classes is not None and not any(p % 12 in classes for p in range(low, high + 1)):
+                raise SettingsError(f"constraints: no allowed pitch class lies in {low}..{high}", 409)
         mode = changes.get("mode")
         if mode is not None and mode not in modes():
             raise SettingsError(f"mode must be one of {', '.join(modes())}, got {mode!r}")
         with d.duet_lock:
+            if mode is not None and mode != d.duet.mode:
+                try:
+                    d.duet.set_mode(now(), mode)
+                except ValueError as exc:  # a session kind that cannot switch live says why
+                    raise SettingsError(str(exc), 409) from exc
             if constraints:
                 from musebot.engine.masks import ConstraintError
 
                 try:
-                    answerer.set_constraints(**kwargs)
+                    answerer.set_constraints(**{**self.constraints, **kwargs})
                 except ConstraintError as exc:  # e.g. no pitch class inside the range: nothing could play
                     raise SettingsError(f"constraints: {exc}", 409) from exc
-            if mode is not None and mode != d.duet.mode:
-                d.duet.set_mode(now(), mode)
+                self.constraints.update(kwargs)
             if "bpm" in changes:
                 d.config.bpm = float(changes["bpm"])
                 if hasattr(answerer, "set_tempo"):

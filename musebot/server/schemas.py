@@ -8,6 +8,7 @@ of OpenAPI 3.1 (https://spec.openapis.org/oas/v3.1.0#schema-object).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import jsonschema
@@ -141,6 +142,27 @@ CLIENT_MESSAGE_SCHEMA = {
         },
     ],
 }
+
+
+class BadJson(ValueError):
+    """A body or frame that is not strict JSON (syntax, NaN/Infinity, nesting too deep)."""
+
+
+def _no_constant(name: str) -> float:
+    raise BadJson(f"{name} is not a JSON number")
+
+
+def parse_json(text: str | bytes) -> object:
+    """Strict JSON: NaN and Infinity (which Python's json takes) would pass every ``minimum``/``maximum``
+    check of a schema, and deep nesting would end in RecursionError; both are refused as bad JSON."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadJson("nested too deeply") from None
+    except BadJson:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadJson(str(exc)[:200]) from None
 
 
 class Validator:
