@@ -248,7 +248,12 @@ class ClockFollower:
     def _fit(self, t: float, index: int) -> None:
         if len(self._times) < 3:
             if not self.locked:
+                # Ticks are back after a dropout: put this tick on its counted beat at the last tempo now;
+                # the fit takes over from the third tick.
                 self.locked = True
+                self.timebase.align(t, index / PPQ, 60.0 / (self._period * PPQ))
+                self.timebase.source = "external"
+                log.warning("external clock: following it again at %.1f bpm", 60.0 / (self._period * PPQ))
             return
         times = np.array([p[0] for p in self._times])
         idx = np.array([p[1] for p in self._times], float)
