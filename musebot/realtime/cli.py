@@ -67,6 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     bench.set_defaults(func=run_bench)
 
+    fit = subparsers.add_parser(
+        "fit-roles", help="fit the looper's bar-role classifier on Bach chorales (music21 corpus) and report "
+        "its held-out accuracy",
+    )
+    fit.add_argument("--pieces", type=int, help="read only the first N chorales (default: all)")
+    fit.add_argument("--test-every", type=int, default=5, help="hold out every Nth chorale (default 5)")
+    fit.add_argument("--out", default=None, help="weights file (default: the shipped roles_model.json)")
+    fit.set_defaults(func=run_fit_roles)
+
 
 def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...] = ("call", "listen")) -> None:
     """Musical settings shared by ``serve`` and ``demo`` (ServeConfig fields)."""
@@ -231,6 +240,14 @@ def run_serve(args: argparse.Namespace) -> int:
         return daemon.run()
     except RealtimeError as exc:  # the API could not start (port taken): the daemon has shut down
         raise CommandError(str(exc)) from exc
+
+
+def run_fit_roles(args: argparse.Namespace) -> int:
+    from musebot.realtime.roles import MODEL_FILE
+    from musebot.realtime.roles_fit import run_fit_roles as fit
+
+    args.out = args.out or str(MODEL_FILE)
+    return fit(args)
 
 
 def run_demo(args: argparse.Namespace) -> int:

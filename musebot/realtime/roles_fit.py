@@ -98,3 +98,29 @@ def fit_roles(pieces: int | None = None, test_every: int = 5) -> tuple[RoleClass
         "roles": list(ROLES), "test_pieces": f"every {test_every}th chorale of music21's bach corpus",
     }
     return classifier, report
+
+
+def held_out_accuracy(classifier: RoleClassifier, pieces: int | None = None, test_every: int = 5) -> dict:
+    """Accuracy of ``classifier`` on the held-out chorales (the ones :func:`fit_roles` never trains on)."""
+    x, y = [], []
+    for bar in chorale_bars(pieces):
+        if bar.piece % test_every == 0:
+            x.append(bar_features(bar.notes, bar.beats))
+            y.append(ROLES.index(bar.role))
+    if not x:
+        raise ValueError("no held-out chorale among the pieces read; use more pieces")
+    predicted = np.argmax(classifier.probabilities(np.array(x)), axis=1)
+    per_role = {role: round(float(np.mean(predicted[np.array(y) == i] == i)), 4) for i, role in enumerate(ROLES)}
+    return {"held_out_accuracy": round(float(np.mean(predicted == np.array(y))), 4), "test_bars": len(y),
+            "per_role": per_role}
+
+
+def run_fit_roles(args) -> int:
+    """``musebot fit-roles``: fit on the chorales, print the report, write the weights."""
+    import json
+
+    classifier, report = fit_roles(args.pieces, args.test_every)
+    classifier.save(args.out, evaluated=report)
+    print(json.dumps(report, indent=2))
+    print(f"weights written to {args.out}")
+    return 0
