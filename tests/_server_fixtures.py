@@ -122,6 +122,12 @@ def note_ons(events: list[dict], kind: str = "played") -> list[dict]:
     return [e for e in events if e["type"] == kind and e["data"][0] & 0xF0 == 0x90 and e["data"][2] > 0]
 
 
+def answered(n: int):
+    """A ``receive_until`` predicate: ``n`` answer notes played, each started and ended."""
+    return lambda received: len(note_ons(received)) >= n and sum(
+        1 for m in received if m["type"] == "played" and m["data"][0] & 0xF0 == 0x80) >= n
+
+
 def api_url(daemon: Daemon, path: str = "") -> str:
     return f"http://127.0.0.1:{daemon.server.port}{path}"
 

@@ -18,7 +18,7 @@ from musebot.realtime.config import ServeConfig
 from musebot.server import schemas
 from musebot.server.app import ApiServer, ServerError, is_loopback
 from tests._realtime_fixtures import exported_reference_model
-from tests._server_fixtures import PHRASE, WsClient, api_url, http, note_ons, serving, ws_url
+from tests._server_fixtures import PHRASE, WsClient, answered, api_url, http, note_ons, serving, ws_url
 
 PITCHES = [pitch for pitch, _ in PHRASE]
 
@@ -36,11 +36,6 @@ def performer(daemon):
     client.receive_until(lambda r: any(m["type"] == "role" for m in r))
     yield client
     client.close()
-
-
-def answered(n: int):
-    return lambda received: len(note_ons(received)) >= n and sum(
-        1 for m in received if m["type"] == "played" and m["data"][0] & 0xF0 == 0x80) >= n
 
 
 def test_status_gives_mode_tempo_model_and_the_schedulers_telemetry(daemon, performer):
@@ -150,9 +145,13 @@ def test_mode_names_come_from_the_daemon(daemon):
 
     status, document = http("GET", api_url(daemon, "/openapi.json"))
     assert document["components"]["schemas"]["Settings"]["properties"]["mode"]["enum"] == list(modes())
+    assert {"call", "listen"} <= set(modes())
     for mode in modes():
         status, body = http("PATCH", api_url(daemon, "/api/settings"), {"mode": mode})
-        assert status == 200 and body["mode"] == mode
+        if mode in ("call", "listen"):  # a call-and-response session switches between these live
+            assert status == 200 and body["mode"] == mode
+        else:  # the band modes need a restart: refused with the reason
+            assert status == 409 and "--mode" in body["error"], body
     http("PATCH", api_url(daemon, "/api/settings"), {"mode": "call"})
 
 

@@ -28,10 +28,11 @@ class SettingsError(ValueError):
 
 
 def modes() -> tuple[str, ...]:
-    """The interaction modes the duet knows (read at run time: modes are added in ``duet.py``)."""
-    from musebot.realtime import duet
+    """Every ``--mode`` of ``musebot serve``, as the daemon lists them (a session may refuse to switch
+    between some of them live: the refusal says why)."""
+    from musebot.realtime import daemon
 
-    return tuple(duet.MODES)
+    return tuple(daemon.SERVE_MODES)
 
 
 class Control:
@@ -103,6 +104,7 @@ class Control:
                 "network_input_dropped": self.network_input_dropped,
             },
             "clients": clients or {"observers": 0, "performer": False},
+            "band": d.band_settings() if hasattr(d, "band_settings") else None,
         }
 
     # ---- changing ------------------------------------------------------------------------------------
@@ -140,8 +142,9 @@ class Control:
             if mode is not None and mode != d.duet.mode:
                 try:
                     d.duet.set_mode(now(), mode)
-                except ValueError as exc:  # a session kind that cannot switch live says why
-                    raise SettingsError(str(exc), 409) from exc
+                except ValueError as exc:  # call/listen and the band modes do not switch into each other
+                    raise SettingsError(f"this session cannot switch to {mode!r} live ({exc}); restart "
+                                        f"musebot serve with --mode {mode}", 409) from exc
             if constraints:
                 from musebot.engine.masks import ConstraintError
 

@@ -102,6 +102,10 @@ STATUS_SCHEMA = {
             "type": "object",
             "properties": {"observers": {"type": "integer"}, "performer": {"type": "boolean"}},
         },
+        "band": {
+            "type": ["object", "null"],
+            "description": "accompany and looper modes: clock, key, parts and their telemetry (else null)",
+        },
     },
 }
 
