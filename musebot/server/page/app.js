@@ -9,7 +9,7 @@
   const WINDOW_PAST_S = 8;   // the roll shows this much of the past...
   const WINDOW_AHEAD_S = 3;  // ...and this much ahead (planned notes)
 
-  // Everything the roll draws, on the page's clock (seconds); exposed for tests and curious musicians.
+  // Everything the roll draws, in seconds on the daemon's clock; exposed for tests and curious musicians.
   const state = {
     connected: false, role: "observer", offset: null, settings: null,
     notes: [],                // {who: "musician"|"musebot", pitch, start, end|null}
@@ -22,7 +22,14 @@
 
   const $ = (id) => document.getElementById(id);
   const local = () => performance.now() / 1000;
-  const toLocal = (t) => t + state.offset;  // server clock -> page clock
+  const serverNow = () => local() - state.offset;
+  // offset = page clock - daemon clock. Each stamped message gives it plus the delay it took to arrive,
+  // so the smallest value seen is the best estimate (a welcome handled while the page was still busy
+  // loading would otherwise draw every note late).
+  function sync(serverTime) {
+    const sample = local() - serverTime;
+    if (state.offset === null || sample < state.offset) state.offset = sample;
+  }
 
   // ---- WebSocket ----------------------------------------------------------------------------------------
   let ws = null;
@@ -53,22 +60,26 @@
 
   function receive(m) {
     if (m.type === "welcome") {
-      // One-way delay is small on a local link; the offset only places notes on the roll.
-      state.offset = local() - m.clock;
+      state.offset = null;  // a new connection may be to a restarted daemon: a new clock
+      sync(m.clock);
       applySettings(m.settings);
     } else if (m.type === "input") {
       state.received.input++;
-      track("musician", toLocal(m.t), m.data);
+      sync(m.t);
+      track("musician", m.t, m.data);
     } else if (m.type === "played") {
       state.received.played++;
-      track("musebot", toLocal(m.t), m.data);
-      if (isNoteOn(m.data)) unplan(m.data[1], toLocal(m.due));
+      sync(m.t);
+      track("musebot", m.t, m.data);
+      if (isNoteOn(m.data)) unplan(m.data[1], m.due);
       if (isNoteOn(m.data) && state.sound) synth.on(m.data[1], m.data[2]);
       if (isNoteOff(m.data) && state.sound) synth.off(m.data[1]);
       lightKey(m.data);
     } else if (m.type === "plan") {
       state.received.plan++;
       plan(m.action, m.notes);
+    } else if (m.type === "pong") {
+      sync(m.clock);
     } else if (m.type === "role") {
       state.role = m.role;
       setBadge("role", m.role, m.role === "performer" ? "up" : "");
@@ -95,7 +106,7 @@
     } else if ((data[0] & 0xf0) === 0xb0 && (data[1] === 120 || data[1] === 123)) {
       for (const n of state.notes) if (n.who === who && n.end === null) n.end = t;
     }
-    const oldest = local() - WINDOW_PAST_S - 5;
+    const oldest = serverNow() - WINDOW_PAST_S - 5;
     if (state.notes.length > 2000) state.notes = state.notes.filter((n) => n.end === null || n.end > oldest);
   }
 
@@ -105,12 +116,11 @@
     if (action === "add") {
       for (const on of ons) {
         const off = notes.find((n) => isNoteOff(n.data) && n.data[1] === on.data[1] && n.due >= on.due);
-        const start = toLocal(on.due);
-        state.planned.push({ pitch: on.data[1], start, end: off ? toLocal(off.due) : start + 0.25 });
+        state.planned.push({ pitch: on.data[1], start: on.due, end: off ? off.due : on.due + 0.25 });
       }
     } else if (action === "cancel") {
-      for (const on of ons) unplan(on.data[1], toLocal(on.due));
-      if (!ons.length) state.planned = state.planned.filter((p) => p.start > local());
+      for (const on of ons) unplan(on.data[1], on.due);
+      if (!ons.length) state.planned = state.planned.filter((p) => p.start > serverNow());
     }
   }
 
@@ -256,7 +266,7 @@
   function draw() {
     const width = canvas.width = canvas.clientWidth || 1000;
     const height = canvas.height = canvas.clientHeight || 320;
-    const t = local();
+    const t = state.offset === null ? 0 : serverNow();
     const from = t - WINDOW_PAST_S, span = WINDOW_PAST_S + WINDOW_AHEAD_S;
     const visible = state.notes.filter((n) => (n.end === null || n.end >= from));
     const pitches = visible.map((n) => n.pitch).concat(state.planned.map((p) => p.pitch));
@@ -390,5 +400,6 @@
   connect();
   connectMidi();
   pollStatus();
+  setInterval(() => send({ type: "ping" }), 2000);  // pongs carry the daemon's clock: a better offset
   requestAnimationFrame(draw);
 })();
