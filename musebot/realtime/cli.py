@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--phrases", type=int, default=8, help="calls answered for the answer latency")
     bench.add_argument("--jack-server", help="use this running JACK server instead of a private one")
     bench.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
+    bench.add_argument("--ws", action="store_true",
+                       help="instead: the latency of the network API's WebSocket path beside the MIDI-port path")
+    bench.add_argument("--rounds", type=int, default=200, help="--ws: takeovers per path (default %(default)s)")
     bench.set_defaults(func=run_bench)
 
     fit = subparsers.add_parser(
@@ -261,7 +264,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from musebot.realtime.bench import run_realtime_bench
 
-    figures = run_realtime_bench(args)
+    if args.ws:
+        from musebot.server.bench import run_ws_bench
+
+        figures = run_ws_bench(args)
+    else:
+        figures = run_realtime_bench(args)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:

@@ -1,0 +1,159 @@
+"""``musebot bench-realtime --ws``: the latency the WebSocket path adds, beside the MIDI-port path, in one run.
+
+One daemon serves both at once: JACK ports (``musebot:in`` -> ``musebot-out:out``, on a private ``jackd -d
+dummy``) and the API (``/ws`` on 127.0.0.1). Rounds alternate between the paths. Each round the musician
+holds the pedal, plays a note and hands over with the takeover controller; the echo answer is due
+``takeover_lead_ms`` after the controller arrives. Measured on the one monotonic clock (client and daemon
+share the process):
+
+* ``in``: the client sends the controller -> the daemon has it (the timestamp the listener works with);
+* ``out``: the scheduler sends the answer's first note-on -> the client has it (JACK: the probe's MIDI
+  callback; WebSocket: the ``played`` frame read by the client);
+* ``event_to_answer``: controller sent -> first answer note-on received (includes the lead);
+* ``added``: ``event_to_answer`` less the lead: what the path itself costs, both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+
+from musebot.realtime import midi, ports
+from musebot.realtime.bench import _percentiles, _Probe
+from musebot.realtime.clock import now
+from musebot.realtime.config import ServeConfig
+
+
+class _WsProbe:
+    """A performer on the WebSocket, used synchronously; frames are timestamped as they are read."""
+
+    def __init__(self, url: str) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self.loop = asyncio.new_event_loop()
+        self.session = self.loop.run_until_complete(self._session())
+        self.ws = self.loop.run_until_complete(self.session.ws_connect(url))
+        self.heard: list[tuple[float, dict]] = []
+        self.send({"type": "hello", "role": "performer"})
+
+    async def _session(self):
+        return self._aiohttp.ClientSession()
+
+    def send(self, frame: dict) -> float:
+        t = now()
+        self.loop.run_until_complete(self.ws.send_str(json.dumps(frame)))
+        return t
+
+    def send_midi(self, msg: tuple[int, ...]) -> float:
+        return self.send({"type": "midi", "data": list(msg)})
+
+    def wait_note_on(self, pitch: int, timeout: float) -> float | None:
+        """Read frames until musebot plays ``pitch``; returns when that frame was read."""
+        end = now() + timeout
+        while now() < end:
+            try:
+                message = self.loop.run_until_complete(self.ws.receive(timeout=max(0.001, end - now())))
+            except asyncio.TimeoutError:
+                return None
+            t = now()
+            frame = json.loads(message.data)
+            if frame["type"] == "played" and midi.is_note_on(tuple(frame["data"])) and frame["data"][1] == pitch:
+                return t
+        return None
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.ws.close())
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()
+
+
+def bench_paths(rounds: int) -> dict:
+    """``rounds`` takeovers over each path, alternating, in one daemon; figures per path."""
+    from musebot.realtime.daemon import Daemon, ServeOptions
+
+    config = ServeConfig(bpm=120, seed=1)
+    daemon = Daemon(config, ServeOptions(answer="echo", port=0)).start()
+    received: list[tuple[float, tuple]] = []  # what the listener got, with its timestamps
+    sent: list[tuple[float, tuple]] = []  # what the scheduler sent to the MIDI output
+    daemon.input_observers.append(lambda t, data: received.append((t, tuple(data))))
+    daemon.send_observers.append(lambda _due, t, _output, msg, _tag: sent.append((t, msg)))
+    jack = _Probe("musebot-out:out", play_to="musebot:in")
+    ws = _WsProbe(f"ws://127.0.0.1:{daemon.server.port}/ws")
+    takeover = config.controls.takeover
+    lead = config.takeover_lead_ms / 1000
+    figures = {}
+    samples = {path: {"in": [], "out": [], "event_to_answer": []} for path in ("midi", "websocket")}
+    missing = {"midi": 0, "websocket": 0}
+    try:
+        time.sleep(0.2)
+        for k in range(2 * rounds):
+            path = "midi" if k % 2 == 0 else "websocket"
+            play = jack.send if path == "midi" else ws.send_midi
+            pitch = 48 + k % 36
+            play((0xB0, midi.CC_SUSTAIN, 127))
+            play((0x90, pitch, 90))
+            time.sleep(0.02)
+            play((0x80, pitch, 0))
+            time.sleep(0.005)
+            n_sent, n_heard = len(sent), len(jack.note_ons())
+            t0 = play((0xB0, takeover, 127))
+            if path == "midi":
+                end, t1 = now() + 1.0, None
+                while now() < end and t1 is None:
+                    t1 = next((t for t, m in jack.note_ons()[n_heard:] if m[1] == pitch), None)
+                    time.sleep(0.0002)
+            else:
+                t1 = ws.wait_note_on(pitch, 1.0)
+            arrived = next((t for t, m in reversed(received) if m == (0xB0, takeover, 127)), None)
+            out_sent = next((t for t, m in sent[n_sent:] if midi.is_note_on(m) and m[1] == pitch), None)
+            if t1 is None or arrived is None or out_sent is None:
+                missing[path] += 1
+            else:
+                samples[path]["in"].append(arrived - t0)
+                samples[path]["out"].append(t1 - out_sent)
+                samples[path]["event_to_answer"].append(t1 - t0)
+            play((0xB0, takeover, 0))
+            play((0xB0, midi.CC_SUSTAIN, 0))
+            end = now() + 2.0
+            while daemon.duet.state != "idle" and now() < end:
+                time.sleep(0.002)
+            time.sleep(0.01)
+        for path, values in samples.items():
+            figures[path] = {name: _percentiles(v) for name, v in values.items()}
+            figures[path]["added"] = _percentiles([v - lead for v in values["event_to_answer"]])
+            figures[path]["missing"] = missing[path]
+        figures["takeover_lead_ms"] = config.takeover_lead_ms
+        figures["rounds_per_path"] = rounds
+        return figures
+    finally:
+        ws.close()
+        jack.close()
+        daemon.close()
+
+
+def run_ws_bench(args: argparse.Namespace) -> dict:
+    """Start a private JACK server (unless ``--jack-server``), measure both paths, stop it."""
+    server = getattr(args, "jack_server", None)
+    process = None
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    if server is None:
+        server = f"musebot-bench-ws-{os.getpid()}"
+        process = ports.start_dummy_jack(server)
+    os.environ["JACK_DEFAULT_SERVER"] = server
+    try:
+        return {"jack": {"server": server, "driver": "dummy", "rate": 48000, "period": 64},
+                "ws_vs_midi": bench_paths(getattr(args, "rounds", 100))}
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(5)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
