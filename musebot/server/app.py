@@ -4,9 +4,11 @@
   ``GET /openapi.json`` (OpenAPI 3.1, built in :mod:`musebot.server.schemas`);
 * ``GET /ws``: a WebSocket of JSON text frames. In: ``hello`` (claim the performer role: one at a time),
   ``midi`` (a channel message, queued exactly like MIDI input), ``panic``, ``ping``. Out: ``welcome``,
-  ``input`` (what the musician played, from any source), ``played`` (every message musebot sends, with
-  ``due`` and ``t`` on the daemon's clock), ``plan`` (notes scheduled ahead, and their cancellation),
-  ``pong``, ``error``;
+  ``input`` (what the musician played, from any source), ``played`` (every message musebot sends to its
+  first output, with ``t`` and ``due`` on the daemon's clock; ``due`` is null for the releases of a
+  barge-in or a panic; notes passed thru are not included, they are ``input``), ``plan`` (notes scheduled
+  ahead, and their cancellation), ``pong``, ``error``. Frames above 64 x ``MAX_FRAME_BYTES`` close the
+  connection (code 1009); smaller oversized ones get an ``error``;
 * ``GET /``: the page (``musebot/server/page``), plain files from a fixed table (no path from the network
   ever names a file).
 
