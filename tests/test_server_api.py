@@ -315,3 +315,24 @@ def test_the_model_answers_a_phrase_streamed_over_the_websocket_within_its_const
             assert body["telemetry"]["generation"]["events"] > 0
         finally:
             client.close()
+
+
+@pytest.mark.slow
+def test_the_band_parts_of_an_accompany_session_are_set_live(tmp_path, reference_dir):
+    model = exported_reference_model(reference_dir)
+    with serving(tmp_path, mode="accompany", answer=None, model=str(model)) as daemon:
+        url = api_url(daemon, "/api/settings")
+        parts = http("GET", url)[1]["parts"]
+        assert {"answer", "bass", "chords"} <= set(parts) and parts["bass"]["mute"] is False
+        status, body = http("PATCH", url, {"parts": {"bass": {"mute": True, "density": 0.5}}})
+        assert status == 200, body
+        assert body["parts"]["bass"]["mute"] is True and body["parts"]["bass"]["density"] == 0.5
+        band = http("GET", api_url(daemon, "/api/status"))[1]["band"]
+        assert band["parts"]["bass"]["mute"] is True and band["mode"] == "accompany"
+        refused = [({"parts": {"drums": {"mute": True}}}, "no such part"),
+                   ({"parts": {"bass": {"channel": 5}}}, "set at start"),
+                   ({"parts": {"answer": {"mute": True}}}, "only its channel"),
+                   ({"mode": "call"}, "--mode call")]
+        for changes, reason in refused:
+            status, body = http("PATCH", url, changes)
+            assert status == 409 and reason in body["error"], body

@@ -8,6 +8,7 @@ before anything is changed.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,11 @@ class Control:
             "parts": {"answer": {"channel": d.slot.channel}},
             "constraints": {},
         }
+        band = _band_parts(d)
+        if band is not None:
+            for name, part in band.parts.items():
+                settings["parts"][name] = {"channel": part.channel, "mute": part.mute, "solo": part.solo,
+                                           "density": part.density, "velocity_scale": part.velocity_scale}
         masks = getattr(d.answerer, "masks", None)
         if masks is not None:
             constraints = {"pitch_range": masks.constraints.pitch_range,
@@ -135,6 +141,17 @@ class Control:
             # The mask table accepts an empty pitch set and the engine would then have nothing to sample.
             if classes is not None and not any(p % 12 in classes for p in range(low, high + 1)):
                 raise SettingsError(f"constraints: no allowed pitch class lies in {low}..{high}", 409)
+        parts = changes.get("parts") or {}
+        band = _band_parts(d)
+        for name, values in parts.items():
+            if name == "answer":
+                if set(values) - {"channel"}:
+                    raise SettingsError("parts/answer: only its channel can be set", 409)
+            elif band is None or name not in band.parts:
+                known = ", ".join(["answer"] + sorted(band.parts if band else []))
+                raise SettingsError(f"parts/{name}: no such part in this session (parts: {known})", 409)
+            elif "channel" in values:
+                raise SettingsError(f"parts/{name}: a band part's channel is set at start (--parts-config)", 409)
         mode = changes.get("mode")
         if mode is not None and mode not in modes():
             raise SettingsError(f"mode must be one of {', '.join(modes())}, got {mode!r}")
@@ -165,7 +182,11 @@ class Control:
                 d.config.answer_beats = None if beats is None else float(beats)
             if "thru" in changes:
                 d.config.thru = bool(changes["thru"])
-            channel = changes.get("parts", {}).get("answer", {}).get("channel")
+            for name, values in parts.items():
+                if name != "answer" and values:
+                    with band.lock:  # one reference swap: the band reads its parts without waiting
+                        band.parts[name] = replace(band.parts[name], **values)
+            channel = parts.get("answer", {}).get("channel")
             if channel is not None:
                 # Notes already scheduled keep their channel (their note-offs were built with them).
                 d.slot.channel = channel
@@ -185,6 +206,12 @@ class Control:
             return True
         self.network_input_dropped += 1
         return False
+
+
+def _band_parts(daemon: Daemon):
+    """The live part settings of an accompany or looper session (``constraints.LiveSettings``), else None."""
+    settings = getattr(daemon.duet, "settings", None)
+    return settings if hasattr(settings, "parts") and hasattr(settings, "lock") else None
 
 
 def _snapshot(values) -> list:

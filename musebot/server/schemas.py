@@ -21,6 +21,19 @@ _byte = {"type": "integer", "minimum": 0, "maximum": 255}
 _pitch = {"type": "integer", "minimum": 0, "maximum": 127}
 
 
+PART_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "channel": {"type": "integer", "minimum": 0, "maximum": 15},
+        "mute": {"type": "boolean"},
+        "solo": {"type": "boolean"},
+        "density": {"type": "number", "minimum": 0, "maximum": 1, "description": "share of notes that sound"},
+        "velocity_scale": {"type": "number", "minimum": 0, "maximum": 2},
+    },
+}
+
+
 def settings_schema(modes: Sequence[str]) -> dict:
     """What ``PATCH /api/settings`` takes: any subset of the settings, nothing else."""
     return {
@@ -38,14 +51,10 @@ def settings_schema(modes: Sequence[str]) -> dict:
             "parts": {
                 "type": "object",
                 "additionalProperties": False,
-                "description": "the parts musebot plays and their MIDI channels",
-                "properties": {
-                    "answer": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {"channel": {"type": "integer", "minimum": 0, "maximum": 15}},
-                    },
-                },
+                "maxProperties": 16,
+                "description": "the parts musebot plays: 'answer' (call mode: its channel) or the band's parts "
+                               "(accompany, looper: mute, solo, density, velocity_scale)",
+                "patternProperties": {"^[a-z][a-z0-9_]{0,31}$": PART_SCHEMA},
             },
             "constraints": {
                 "type": "object",
