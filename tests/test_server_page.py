@@ -107,3 +107,24 @@ def test_a_phrase_played_on_the_page_is_answered_in_its_piano_roll(tmp_path, bro
             assert problems == []
         finally:
             context.close()
+
+
+def test_in_an_accompany_session_the_page_mutes_a_part(tmp_path, browser, reference_dir):
+    model = exported_reference_model(reference_dir)
+    with serving(tmp_path, mode="accompany", answer=None, model=str(model)) as daemon:
+        context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 860})
+        page = context.new_page()
+        problems = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        try:
+            page.goto(api_url(daemon, "/"))
+            page.wait_for_function("document.querySelectorAll('#parts .part').length >= 2")
+            page.click('.part[data-part="bass"] input[data-field="mute"]')
+            page.wait_for_function("window.musebot.settings.parts.bass.mute === true")
+            assert not page.is_visible("#answer_beats")  # the call-and-response settings do not apply
+            assert daemon.duet.settings.parts["bass"].mute is True
+            page.wait_for_function("document.querySelector('#telemetry-list').textContent.includes('clock')")
+            page.screenshot(path=str(ARTIFACTS / "test-server-page-accompany.png"))
+            assert problems == []
+        finally:
+            context.close()

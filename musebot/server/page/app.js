@@ -333,6 +333,48 @@
     if (document.activeElement !== $("answer_beats")) $("answer_beats").value = s.answer_beats ?? 0;
     $("thru").checked = s.thru;
     if (document.activeElement !== $("channel")) $("channel").value = s.parts.answer.channel + 1;
+    showParts(s.parts);
+  }
+
+  // The band's parts (accompany, looper): mute, solo and density of each, built when the set changes.
+  function showParts(parts) {
+    const box = $("parts");
+    const names = Object.keys(parts).filter((n) => n !== "answer");
+    document.body.classList.toggle("band", names.length > 0);  // the answer's settings do not apply
+    if (box.dataset.names !== names.join(",")) {
+      box.dataset.names = names.join(",");
+      box.textContent = "";
+      for (const name of names) {
+        const row = document.createElement("div");
+        row.className = "part";
+        row.dataset.part = name;
+        const title = document.createElement("span");
+        title.textContent = `${name} (ch ${parts[name].channel + 1})`;
+        row.appendChild(title);
+        for (const field of ["mute", "solo"]) {
+          const label = document.createElement("label");
+          const tick = document.createElement("input");
+          tick.type = "checkbox"; tick.dataset.field = field;
+          tick.onchange = () => change({ parts: { [name]: { [field]: tick.checked } } });
+          label.append(tick, ` ${field}`);
+          row.appendChild(label);
+        }
+        const density = document.createElement("input");
+        density.type = "range"; density.min = "0"; density.max = "1"; density.step = "0.05";
+        density.dataset.field = "density"; density.title = "density";
+        density.onchange = () => change({ parts: { [name]: { density: Number(density.value) } } });
+        row.appendChild(density);
+        box.appendChild(row);
+      }
+    }
+    for (const row of box.children) {
+      const part = parts[row.dataset.part];
+      for (const input of row.querySelectorAll("input")) {
+        if (document.activeElement === input) continue;
+        if (input.type === "checkbox") input.checked = part[input.dataset.field];
+        else input.value = part[input.dataset.field];
+      }
+    }
   }
 
   async function setUp() {
@@ -373,10 +415,14 @@
         ["sched. error p50", fmt(tm.scheduling_error_ms.p50, " ms")],
         ["sched. error p99", fmt(tm.scheduling_error_ms.p99, " ms")],
         ["late", tm.late], ["dropped late", tm.dropped_late], ["sent", tm.sent],
-        ["headroom", g ? fmt(g.headroom, "×") : "– (echo)"],
-        ["answers", tm.counts.answers], ["barge-ins", tm.counts.barge_ins], ["panics", tm.counts.panics],
+        ["headroom", g ? fmt(g.headroom, "×") : "–"],
+        ["answers", fmt(tm.counts.answers)], ["barge-ins", fmt(tm.counts.barge_ins)], ["panics", fmt(tm.counts.panics)],
         ["clients", s.clients.observers],
       ];
+      if (s.band) {  // accompany, looper: the clock, the key and the band's own timing
+        rows.push(["clock", `${s.band.clock}, beat ${s.band.beat}`], ["key", s.band.key],
+                  ["band notes", s.band.telemetry.notes], ["within ±2 ms", s.band.telemetry.within_2ms]);
+      }
       const list = $("telemetry-list");
       list.textContent = "";
       for (const [k, v] of rows) {
