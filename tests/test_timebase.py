@@ -213,3 +213,17 @@ def test_count_in_clicks_one_bar_before_bar_one_with_an_accent_on_its_downbeat(s
     time.sleep(0.1)
     clicks = [m[1] for m in out.messages() if m[0] == 0x99]
     assert clicks == [Metronome.HIGH, Metronome.LOW, Metronome.LOW]  # the count-in only, then silence
+
+
+def test_a_burst_of_ticks_from_a_sender_catching_up_does_not_run_away_with_the_tempo():
+    tb = Timebase(120)
+    follower = ClockFollower(tb)
+    follower.handle(0.0, (START,))
+    t = ticks(follower, 0.0, 120.0, 2 * PPQ)
+    # The sender stalls for 150 ms, then sends the eight ticks it owes in one burst, then goes on.
+    for i in range(8):
+        follower.handle(t + 0.15 + i * 1e-5, (CLOCK,))
+    period = 60.0 / (120 * PPQ)
+    ticks(follower, t + 8 * period + period, 120.0, PPQ)
+    assert tb.bpm == pytest.approx(120.0, rel=0.02)
+    assert follower.ticks == 2 * PPQ + 8 + PPQ

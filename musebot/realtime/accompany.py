@@ -440,7 +440,8 @@ class Accompanist(Band):
 
     def _follow_timebase(self, playhead: float) -> None:
         """Keep the fixed notes on the beat when the clock changes: a tempo change of more than
-        ``RESCHEDULE_RATIO`` re-times the notes fixed ahead of the playhead; a jump back (start from bar 1,
+        ``RESCHEDULE_RATIO`` re-times the notes fixed ahead of the playhead (the plan is in beats and
+        stands); a jump back (start from bar 1,
         song position) starts a new context."""
         tb = self.timebase
         if self.committed and playhead < self.committed[-1].step - 4 * STEPS:
@@ -460,7 +461,6 @@ class Accompanist(Band):
                     self._schedule(item)
                 else:  # sounding: only its release moves
                     self._schedule_off(item)
-            self._drop_plan()
 
     def _wait(self, seconds: float) -> None:
         try:

@@ -36,6 +36,7 @@ CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 PPQ = 24  # MIDI clock ticks per quarter note
 TICKS_PER_SIXTEENTH = 6  # song position counts "MIDI beats" (sixteenths) of 6 clocks
 CLOCK_TAG, METRONOME_TAG = "clock", "metronome"
+MIN_PERIOD, MAX_PERIOD = 60.0 / (400 * PPQ), 60.0 / (20 * PPQ)  # tick periods of 400 and 20 bpm
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class ClockFollower:
         self._period = 60.0 / (timebase.bpm * PPQ)
         self._last_tick = 0.0
         self._pending_start: float | None = None  # the beat the next tick marks, after start/continue
+        self._owed = 0  # ticks counted across a gap that may still arrive late
         self.counts = {"ticks": 0, "outliers": 0, "jumps": 0, "dropouts": 0, "starts": 0, "stops": 0,
                        "invalid": 0}
 
@@ -218,6 +220,7 @@ class ClockFollower:
     def _begin(self, t: float) -> None:
         # The next clock tick marks the position (MIDI 1.0: start is followed by the first clock).
         self.transport = True
+        self._owed = 0
         self._times.clear()
         self._pending_start = self.ticks / PPQ
         self._last_tick = t
@@ -227,10 +230,18 @@ class ClockFollower:
         if not self.transport:
             return  # a clock that runs while stopped only tells the tempo; the transport decides position
         gap = t - self._last_tick
+        if self._owed and gap < 0.25 * self._period:
+            # One of the ticks counted across the gap, arriving late in a burst: already counted.
+            self._owed -= 1
+            self._last_tick = t
+            return
+        self._owed = 0
         if self._times and gap > self.dropout_periods * self._period:
-            # Ticks sent while we heard nothing still moved the sender on: count them across the gap.
+            # Ticks sent while we heard nothing still moved the sender on: count them across the gap
+            # (if they come after all, in a burst, they are not counted twice).
             missed = max(0, round(gap / self._period) - 1)
             self.ticks += missed
+            self._owed = missed
             self._times.clear()
             log.warning("external clock: ticks back after %.0f ms; %d tick(s) counted across the gap",
                         gap * 1e3, missed)
@@ -261,8 +272,10 @@ class ClockFollower:
         residual = times - (slope * idx + intercept)
         run = residual[-self.jump_run:]
         intervals = np.diff(times[-self.jump_run - 1:]) / np.maximum(np.diff(idx[-self.jump_run - 1:]), 1)
+        jump_period = float(np.median(intervals))
         if (len(run) == self.jump_run and (np.all(run > 0) or np.all(run < 0))
-                and abs(np.median(intervals) / self._period - 1) > self.jump_ratio):
+                and abs(jump_period / self._period - 1) > self.jump_ratio
+                and MIN_PERIOD <= jump_period <= MAX_PERIOD):
             # A tempo jump: the old ticks would drag the line; refit on the ticks since the jump.
             self.counts["jumps"] += 1
             keep = list(self._times)[-self.jump_run - 1:]
@@ -277,7 +290,10 @@ class ClockFollower:
             self.counts["outliers"] += 1
         if good.sum() >= 3 and not good.all():
             slope, intercept = np.polyfit(idx[good], times[good], 1)
-        if slope <= 0:
+        if not MIN_PERIOD <= slope <= MAX_PERIOD:
+            # A burst of ticks (a sender catching up) or a stall fits no tempo musebot can play: keep the
+            # last tempo and let the next ticks decide.
+            self.counts["outliers"] += 1
             return
         self._period = float(slope)
         if not self.locked:
