@@ -39,7 +39,15 @@ from musebot.engine.masks import DRUM_CHANNEL
 from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.constraints import NOTE_NAMES, KeyLock, KeyTracker, LiveSettings, PartConfig, PartMasks
+from musebot.realtime.constraints import (
+    NOTE_NAMES,
+    KeyLock,
+    KeyTracker,
+    LiveSettings,
+    PartConfig,
+    PartMasks,
+    PartsConfigError,
+)
 from musebot.realtime.outputs import Output
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.timebase import ClockFollower, ClockSender, Meter, Metronome, Timebase
@@ -227,10 +235,13 @@ class Band:
         if self.recorder is not None:
             self.recorder.add(t, "musician", msg)
         auto_key = self.key_lock.mode == "auto" and midi.channel_of(msg) != DRUM_CHANNEL
-        if midi.is_note_on(msg) and auto_key and self.key_tracker.hear(self.timebase.beat_at(t), msg[1]):
-            log.info("key: %s major (or its relative minor) at beat %.2f",
-                     NOTE_NAMES[self.key_tracker.tonic], self.timebase.beat_at(t))
-            self.key_changed(t)
+        if midi.is_note_on(msg) and auto_key:
+            tonic = self.key_tracker.tonic
+            if self.key_tracker.hear(self.timebase.beat_at(t), msg[1]):
+                if self.key_tracker.tonic != tonic:
+                    log.info("key: %s major (or its relative minor) at beat %.2f",
+                             NOTE_NAMES[self.key_tracker.tonic], self.timebase.beat_at(t))
+                self.key_changed(t)
         self.hear(t, msg)
 
     def control(self, t: float, controller: int, value: int) -> bool:
@@ -362,8 +373,7 @@ class Accompanist(Band):
         self._rows: list[list[int]] = []  # rows in the engine after BOS (context, then plan)
         self._plan: list[_Item] = []  # planned, not fixed (part notes and guesses of the musician)
         self._plan_rows = 0  # how many of _rows are plan
-        self._masks: PartMasks | None = None
-        self._masks_key: tuple | None = None
+        self._mask_cache: dict[tuple, PartMasks] = {}  # by (pitch classes, tracks): key changes come back
         self.degraded = False
         self.plan_stats = {"replans": 0, "events": 0, "guess_hits": 0, "guess_misses": 0, "compute_s": 0.0,
                            "behind": 0}
@@ -561,12 +571,19 @@ class Accompanist(Band):
         if self.degraded:
             del tracks[MUSICIAN_TRACK]  # no more guessing of the musician: half the events to sample
         key = (classes, tuple(sorted(tracks)))
-        if self._masks is None or self._masks_key != key:
+        if key not in self._mask_cache:
             registers = {p.channel: (p.low, p.high) for p in self.parts}
-            self._masks = PartMasks(self.engine.vocab, tracks, registers, classes,
-                                    max_time_gap=2 * STEPS, max_duration=4 * STEPS)
-            self._masks_key = key
-        return self._masks
+            try:
+                masks = PartMasks(self.engine.vocab, tracks, registers, classes,
+                                  max_time_gap=2 * STEPS, max_duration=4 * STEPS)
+            except PartsConfigError:
+                # A narrow register holds none of the few classes a key change leaves: the whole key then.
+                masks = PartMasks(self.engine.vocab, tracks, registers, self.key_tracker.scale(),
+                                  max_time_gap=2 * STEPS, max_duration=4 * STEPS)
+            if len(self._mask_cache) > 256:
+                self._mask_cache.clear()
+            self._mask_cache[key] = masks
+        return self._mask_cache[key]
 
     def _encode(self, items: Sequence[_Item], beat: int) -> list[list[int]]:
         """Rows of ``items`` (step order) after a row at ``beat``; sets ``_last_step`` to the last row's step."""

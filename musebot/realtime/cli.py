@@ -70,6 +70,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--rounds", type=int, default=200, help="--ws: takeovers per path (default %(default)s)")
     bench.set_defaults(func=run_bench)
 
+    accompany = subparsers.add_parser(
+        "bench-accompany", help="a long accompaniment session over JACK: note timing, dropped notes, beats to "
+        "follow a key change",
+    )
+    accompany.add_argument("--model", help="exported model folder (default: the shipped model)")
+    accompany.add_argument("--minutes", type=float, default=5.0, help="length of the session (default 5)")
+    accompany.add_argument("--bpm", type=float, default=120.0)
+    accompany.add_argument("--parts", default="bass,chords", help="parts musebot plays (default bass,chords)")
+    accompany.add_argument("--key-bars", type=int, default=4, help="the musician changes key every N bars")
+    accompany.add_argument("--commit-beats", type=float, default=1.0, help="the commit horizon (default 1 beat)")
+    accompany.add_argument("--seed", type=int, default=0)
+    accompany.add_argument("--jack-server", help="use this running JACK server instead of a private one")
+    accompany.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
+    accompany.set_defaults(func=run_bench_accompany)
+
     fit = subparsers.add_parser(
         "fit-roles", help="fit the looper's bar-role classifier on Bach chorales (music21 corpus) and report "
         "its held-out accuracy",
@@ -243,6 +258,20 @@ def run_serve(args: argparse.Namespace) -> int:
         return daemon.run()
     except RealtimeError as exc:  # the API could not start (port taken): the daemon has shut down
         raise CommandError(str(exc)) from exc
+
+
+def run_bench_accompany(args: argparse.Namespace) -> int:
+    import json
+
+    from musebot.realtime.bench_accompany import run_accompany_bench
+
+    figures = run_accompany_bench(args)
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
+    return 0
 
 
 def run_fit_roles(args: argparse.Namespace) -> int:

@@ -210,12 +210,21 @@ def read_config(path: str | Path) -> dict:
         raise PartsConfigError(f"{path}: cannot parse it ({exc})") from exc
 
 
-class KeyTracker:
-    """The key of the musician's recent notes: each of the 12 major scales (their relative minors share the
-    notes) scores the recency-weighted note-ons inside it minus those outside it; the best wins.
+SURPRISE_NOTES = 16
 
-    Weights halve every ``half_life_beats``; a new key must beat the current one by ``margin`` (hysteresis,
-    so one passing chromatic note does not move the whole band).
+
+class KeyTracker:
+    """The key of the musician's recent notes, and the pitch classes the parts may use meanwhile.
+
+    The key: each of the 12 major scales (their relative minors share the notes) scores the recency-weighted
+    note-ons inside it minus those outside it; the best wins. Weights halve every ``half_life_beats``; a new
+    key must beat the current one by ``margin`` (hysteresis, so one passing note does not move the band).
+
+    That estimate needs a few notes of a new key to settle (F#, G#, A# fit three keys). Until it does, the
+    parts are not left in the old key: from the first note outside the tracked key, the notes since then
+    ("the surprise") admit only the keys that hold them all, and the parts may use just the pitch classes
+    those keys share, which are in the new key whichever it turns out to be. When no key holds them all, the
+    oldest is dropped (it was a passing note); when the tracked key holds them all, the surprise is over.
     """
 
     def __init__(self, half_life_beats: float = 1.5, margin: float = 0.5, memory: int = 32) -> None:
@@ -224,26 +233,53 @@ class KeyTracker:
         self.notes: deque[tuple[float, int]] = deque(maxlen=memory)  # (beat, pitch)
         self.tonic: int | None = None
         self.changes = 0
+        self.history: deque[tuple[float, int]] = deque(maxlen=1024)  # (beat, tonic) of each key found
+        self.surprise: list[int] = []  # pitch classes since the first one outside the tracked key
         self._member = np.array([[(pc - t) % 12 in SCALES["major"] for pc in range(12)] for t in range(12)])
+        self._classes: frozenset[int] | None = None
 
     def hear(self, beat: float, pitch: int) -> bool:
-        """Account for a note-on at ``beat``; True when the estimated key changed."""
-        self.notes.append((beat, pitch % 12))
+        """Account for a note-on at ``beat``; True when the pitch classes the parts may use changed (the key
+        estimate, or the surprise's shared classes)."""
+        pc = pitch % 12
+        previous = self.tonic
+        self.notes.append((beat, pc))
         weights = np.zeros(12)
-        for b, pc in self.notes:
-            weights[pc] += 0.5 ** ((beat - b) / self.half_life)
+        for b, c in self.notes:
+            weights[c] += 0.5 ** ((beat - b) / self.half_life)
         scores = self._member @ weights - (~self._member) @ weights * 2.0
         best = int(np.argmax(scores))
         if self.tonic is None or (best != self.tonic and scores[best] > scores[self.tonic] + self.margin):
-            changed = self.tonic is not None
+            self.changes += self.tonic is not None
             self.tonic = best
-            self.changes += changed
-            return True
-        return False
+            self.history.append((beat, best))
+        if self.surprise or (previous is not None and not self._member[previous, pc]):
+            self.surprise = (self.surprise + [pc])[-SURPRISE_NOTES:]
+            while self.surprise and not self._keys_holding(self.surprise).any():
+                self.surprise.pop(0)
+            holding = np.flatnonzero(self._keys_holding(self.surprise))
+            if len(holding) == 1 and holding[0] == self.tonic:
+                self.surprise = []  # the notes name one key, and the estimate has reached it
+        classes = self.pitch_classes()
+        changed = classes != self._classes
+        self._classes = classes
+        return changed
+
+    def _keys_holding(self, classes: list[int]) -> np.ndarray:
+        return self._member[:, classes].all(axis=1)
+
+    def scale(self) -> frozenset[int] | None:
+        """The tracked key's scale (without the surprise's narrowing)."""
+        if self.tonic is None:
+            return None
+        return frozenset((self.tonic + s) % 12 for s in SCALES["major"])
 
     def pitch_classes(self) -> frozenset[int] | None:
         if self.tonic is None:
             return None
+        if self.surprise:
+            shared = self._member[self._keys_holding(self.surprise)].all(axis=0)
+            return frozenset(int(c) for c in np.flatnonzero(shared))
         return frozenset((self.tonic + s) % 12 for s in SCALES["major"])
 
 
