@@ -39,6 +39,7 @@ MUSICIAN, MUSEBOT = [0x4A, 0xA3, 0xFF], [0xFF, 0x9A, 0x3C]
 def browser():
     from playwright.sync_api import sync_playwright
 
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -75,7 +76,6 @@ def test_a_phrase_played_on_the_page_is_answered_in_its_piano_roll(tmp_path, bro
                 press(page, pitch, 0.12)
             # In the silence that ends the phrase the model's answer is planned: drawn ahead of "now".
             page.wait_for_function("window.musebot.drawn.planned >= 1", timeout=5000)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "test-server-page-planned.png"))
             page.wait_for_function("window.musebot.received.input >= 12")
             assert page.inner_text("#role") == "performer"

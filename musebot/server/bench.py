@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import time
 
@@ -25,6 +26,8 @@ from musebot.realtime import midi, ports
 from musebot.realtime.bench import _percentiles, _Probe
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
+
+log = logging.getLogger(__name__)
 
 
 class _WsProbe:
@@ -108,10 +111,18 @@ def bench_paths(rounds: int) -> dict:
                     time.sleep(0.0002)
             else:
                 t1 = ws.wait_note_on(pitch, 1.0)
+            # The observers run after the send, so the client may hear a note before it is recorded.
+            end, out_sent = now() + 0.2, None
+            while out_sent is None and t1 is not None and now() < end:
+                out_sent = next((t for t, m in sent[n_sent:] if midi.is_note_on(m) and m[1] == pitch), None)
+                time.sleep(0.0005)
             arrived = next((t for t, m in reversed(received) if m == (0xB0, takeover, 127)), None)
-            out_sent = next((t for t, m in sent[n_sent:] if midi.is_note_on(m) and m[1] == pitch), None)
             if t1 is None or arrived is None or out_sent is None:
+                # Which end lost it: the answer never sent (late, dropped), or sent and never heard.
                 missing[path] += 1
+                log.warning("%s round %d: controller %s, answer %s, heard %s", path, k,
+                            "in" if arrived else "lost", "sent" if out_sent else "not sent",
+                            "yes" if t1 else "no")
             else:
                 samples[path]["in"].append(arrived - t0)
                 samples[path]["out"].append(t1 - out_sent)
