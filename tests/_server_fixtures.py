@@ -82,6 +82,14 @@ class WsClient:
         text = message if isinstance(message, str) else json.dumps(message)
         self.loop.run_until_complete(self.ws.send_str(text))
 
+    def send_many(self, messages: list) -> None:
+        """Send all at once, as fast as the socket takes them (one trip through the event loop)."""
+        async def burst() -> None:
+            for message in messages:
+                await self.ws.send_str(message if isinstance(message, str) else json.dumps(message))
+
+        self.loop.run_until_complete(burst())
+
     def send_bytes(self, data: bytes) -> None:
         self.loop.run_until_complete(self.ws.send_bytes(data))
 

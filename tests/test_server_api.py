@@ -190,9 +190,8 @@ def test_bad_frames_get_an_error_reply_and_the_connection_stays_usable(daemon, p
 
 
 def test_a_flood_of_frames_is_rate_limited_not_fatal(daemon, performer):
-    for _ in range(1200):
-        performer.send({"type": "ping"})
-    received = performer.receive_until(lambda r: len(r) >= 1200 + 1, timeout=5)
+    performer.send_many([{"type": "ping"}] * 1500)  # the burst allows 800, then 400 a second
+    received = performer.receive_until(lambda r: len(r) >= 1500 + 1, timeout=5)
     assert any(m["type"] == "error" and "rate limit" in m["error"] for m in received)
     time.sleep(0.3)
     performer.received.clear()
@@ -223,19 +222,27 @@ def test_the_page_is_served_and_no_path_names_a_file(daemon):
         assert http("GET", api_url(daemon, path))[0] == 404, path
 
 
-def test_osc_changes_settings_and_panics_with_a_reply_to_each_message(daemon):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(3)
-    sock.bind(("127.0.0.1", 0))
+class OscClient:
+    """A UDP socket that sends one OSC message and reads musebot's reply."""
 
-    def osc(address: str, *args):
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(3)
+        self.sock.bind(("127.0.0.1", 0))
+
+    def __call__(self, address: str, *args) -> tuple[str, list]:
         builder = OscMessageBuilder(address=address)
         for arg in args:
             builder.add_arg(arg)
-        sock.sendto(builder.build().dgram, ("127.0.0.1", daemon.server.osc_port))
-        reply = OscMessage(sock.recvfrom(65536)[0])
+        self.sock.sendto(builder.build().dgram, ("127.0.0.1", self.port))
+        reply = OscMessage(self.sock.recvfrom(65536)[0])
         return reply.address, reply.params
 
+
+def test_osc_changes_settings_and_panics_with_a_reply_to_each_message(daemon):
+    osc = OscClient(daemon.server.osc_port)
+    sock = osc.sock
     try:
         assert osc("/musebot/bpm", 100.0) == ("/musebot/ok", ["/musebot/bpm"])
         assert osc("/musebot/channel", 2) == ("/musebot/ok", ["/musebot/channel"])
@@ -266,6 +273,14 @@ def test_with_a_token_nothing_is_served_without_it(tmp_path):
         client = WsClient(ws_url(daemon, "?token=s3cret"))
         assert client.receive_until(lambda r: r)[0]["type"] == "welcome"
         client.close()
+        osc = OscClient(daemon.server.osc_port)
+        try:
+            assert osc("/musebot/bpm", 90.0)[0] == "/musebot/error"
+            assert osc("/musebot/bpm", "nope", 90.0)[0] == "/musebot/error"
+            assert osc("/musebot/bpm", "s3cret", 90.0) == ("/musebot/ok", ["/musebot/bpm"])
+            assert daemon.config.bpm == 90
+        finally:
+            osc.sock.close()
 
 
 def test_off_loopback_a_token_is_made_when_none_is_given(tmp_path, capsys):
