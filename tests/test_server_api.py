@@ -351,3 +351,15 @@ def test_the_band_parts_of_an_accompany_session_are_set_live(tmp_path, reference
         for changes, reason in refused:
             status, body = http("PATCH", url, changes)
             assert status == 409 and reason in body["error"], body
+
+
+def test_a_frame_beyond_the_hard_limit_closes_only_its_own_connection(daemon, performer):
+    rude = WsClient(ws_url(daemon))
+    try:
+        rude.send("x" * (64 * schemas.MAX_FRAME_BYTES + 1))  # aiohttp closes with 1009 (message too big)
+        rude.receive_until(lambda r: False, timeout=1)
+        assert rude.closed
+    finally:
+        rude.close()
+    performer.send({"type": "ping", "id": 3})
+    assert performer.receive_until(lambda r: any(m["type"] == "pong" for m in r))[-1]["id"] == 3
