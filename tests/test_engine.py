@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from musebot.engine import (
@@ -259,6 +259,9 @@ constraints_strategy = st.builds(
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(constraints=constraints_strategy, seed=st.integers(0, 2**32 - 1))
 def test_every_sampled_event_obeys_the_constraints(engine, prompt, constraints, seed):
+    if constraints.pitch_range and constraints.pitch_classes:  # else refused (test_impossible_constraints...)
+        low, high = constraints.pitch_range
+        assume(any(p % 12 in constraints.pitch_classes for p in range(low, high + 1)))
     engine.reset()
     engine.append(prompt[:16])
     masks = MaskTable(engine.vocab, constraints)
@@ -306,6 +309,11 @@ def test_impossible_constraints_are_refused(engine):
     masks = MaskTable(engine.vocab, Constraints(channels=frozenset(), allow_eos=False))
     assert engine.vocab.event_ids["note"] not in masks.event_type_ids
     assert engine.vocab.event_ids["set_tempo"] in masks.event_type_ids
+    # A pitch range holding none of the allowed pitch classes leaves a melodic note nothing to sample.
+    with pytest.raises(ConstraintError, match="holds none of the allowed pitch classes"):
+        MaskTable(engine.vocab, Constraints(pitch_range=(61, 62), pitch_classes=frozenset({0})))
+    drums_only = Constraints(channels=frozenset({DRUM_CHANNEL}), pitch_range=(61, 62), pitch_classes=frozenset({0}))
+    assert engine.vocab.event_ids["note"] in MaskTable(engine.vocab, drums_only).event_type_ids
 
 
 def test_bad_calls_get_clear_errors(model_dir, tmp_path, engine):

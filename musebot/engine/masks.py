@@ -64,6 +64,11 @@ class MaskTable:
             raise ConstraintError(f"unknown event types {sorted(unknown)}: choose from {list(vocab.events)}")
         self._kind_ids = {kind: self._kind_values(kind) for kind in vocab.event_parameters}
         self._melodic_pitch = self._kind_values("pitch", melodic=True)
+        melodic_channels = set(range(16)) if constraints.channels is None else set(constraints.channels)
+        if not len(self._melodic_pitch) and "note" in names and melodic_channels - {DRUM_CHANNEL}:
+            # Otherwise a note on a melodic channel would reach its pitch token with nothing to sample.
+            raise ConstraintError(f"the pitch range {constraints.pitch_range} holds none of the allowed pitch "
+                                  f"classes {sorted(constraints.pitch_classes or range(12))}")
         # An event type can only be chosen if every one of its parameters has an allowed value.
         names = [n for n in names if all(len(self._kind_ids[k]) for k in vocab.events[n])]
         type_ids = [vocab.event_ids[n] for n in names] + ([vocab.eos_id] if constraints.allow_eos else [])
