@@ -43,10 +43,12 @@ def test_the_benchmark_musician_plays_eighths_in_each_key_it_announces():
         assert (pitch - tonic) % 12 in (0, 2, 4, 5, 7, 9, 11)
 
 
-def test_key_follow_counts_the_beats_until_the_last_stray_part_note():
-    plan = [(0.0, 60, 0), (0.5, 62, 0), (4.0, 66, 6), (4.5, 68, 6)]
-    parts = [(1.0, 1, 60), (4.25, 1, 60), (4.75, 2, 67), (5.0, 1, 66), (5.5, 9, 38)]
+def test_key_follow_counts_the_beats_from_the_first_note_outside_the_old_key_to_the_last_stray():
+    # C major, then F# major whose first note (B) is in C major too: the change is heard at the A# (beat 4.5).
+    plan = [(0.0, 60, 0), (0.5, 62, 0), (4.0, 71, 6), (4.5, 70, 6), (5.0, 66, 6)]
+    parts = [(1.0, 1, 60), (4.25, 1, 60), (5.25, 2, 67), (5.5, 1, 66), (5.75, 9, 38)]
     report = key_follow(plan, parts, [(5.0, 6)])
-    # C (60) at 4.25 and G (67) at 4.75 are outside F# major; the drum note does not count.
+    # C (60) at 4.25 and G (67) at 5.25 are outside F# major; the drum note does not count.
     assert report["beats_to_follow"] == [0.75] and report["within_1_beat"] == 1
-    assert report["tracker_beats_median"] == 1.0 and report["tracker_missed"] == 0
+    assert report["from_first_new_key_note"]["beats"] == [1.25]
+    assert report["tracker_beats_median"] == 0.5 and report["tracker_missed"] == 0

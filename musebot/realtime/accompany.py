@@ -24,10 +24,13 @@ daemon runs them in its listener thread.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import os
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +64,8 @@ BAND_MODES = ("accompany", "looper")
 STEPS = 16  # grid steps per beat (spec skytnt-format §2.4)
 PART_TAG = "part:"
 MUSICIAN_TRACK = 1
+QUIET_BEFORE_S, QUIET_AFTER_S, QUIET_MAX_WAIT_S = 0.002, 0.0005, 0.015  # see Band.wait_for_quiet
+SCHEDULER_RT_PRIORITY = 20  # well below JACK's own threads (70 and its clients' 69)
 RESCHEDULE_RATIO = 0.01  # a tempo change beyond 1 % re-times notes already fixed (1 % of a beat: 5 ms at 120)
 
 
@@ -159,6 +164,8 @@ class Band:
         self.counts = {"received": 0, "invalid": 0, "panics": 0, "notes": 0, "controls": 0}
         self.clock_input = None
         self.recorder = None  # the daemon's SessionRecorder, when recording
+        self._dues: list[float] = []  # heap of the part notes' planned times, for wait_for_quiet
+        self._dues_lock = threading.Lock()
         channels = [p.channel for p in settings.parts.values()]
         if len(set(channels)) != len(channels):
             raise ValueError("two parts share a MIDI channel: give each its own in the parts config")
@@ -210,8 +217,25 @@ class Band:
         off = midi.note_off(part.channel, pitch)
         items = [(due, o, on) for o in self.outputs] + [(max(end, due + 0.01), o, off) for o in self.outputs]
         self.scheduler.schedule_many(items, PART_TAG + part.name)
+        with self._dues_lock:
+            heapq.heappush(self._dues, due)
         self.counts["notes"] += 1
         return True
+
+    def wait_for_quiet(self, busy_s: float) -> None:
+        """Before work of about ``busy_s`` (a model step), wait until no part note is due during it: on a
+        machine with few cores the scheduler thread then has a core and the interpreter when its note is due.
+        Waits at most ``QUIET_MAX_WAIT_S`` (dense parts must not starve the planner)."""
+        give_up = now() + QUIET_MAX_WAIT_S
+        while True:
+            t = now()
+            with self._dues_lock:
+                while self._dues and self._dues[0] < t - QUIET_AFTER_S:
+                    heapq.heappop(self._dues)
+                due = self._dues[0] if self._dues else None
+            if due is None or due - t > busy_s + QUIET_BEFORE_S or t >= give_up:
+                return
+            time.sleep(max(min(due + QUIET_AFTER_S, give_up) - t, 0.0001))
 
     def retract(self, name: str | None = None) -> int:
         """Withdraw every part note scheduled and not yet sent (``name``: one part), releasing sounding ones."""
@@ -327,6 +351,19 @@ class Band:
             output.panic(all_channels=all_channels)
         log.warning("panic (%s): every note released on %d output(s)", reason, len(self.outputs))
 
+    def started(self) -> None:
+        """The daemon has started the scheduler: ask the OS to run its thread before ordinary work
+        (SCHED_FIFO, as JACK runs its own), so a busy machine does not make a part note late. Without the
+        right (not root, no rtprio limit) the thread keeps its normal priority, and the log says so."""
+        thread_id = self.scheduler.native_id
+        if thread_id is None or not hasattr(os, "sched_setscheduler"):
+            return
+        try:
+            os.sched_setscheduler(thread_id, os.SCHED_FIFO, os.sched_param(SCHEDULER_RT_PRIORITY))
+            log.info("scheduler thread runs at real-time priority %d", SCHEDULER_RT_PRIORITY)
+        except (PermissionError, OSError) as exc:
+            log.info("scheduler thread keeps normal priority (%s); timing may suffer on a busy machine", exc)
+
     def close(self) -> None:
         if self.clock_input is not None:
             self.clock_input.close()
@@ -381,6 +418,7 @@ class Accompanist(Band):
         self._rng = np.random.default_rng(config.seed)
         self._stopped_seen = False
         self._bpm_seen = self.timebase.bpm
+        self._step_s = 0.005
         engine.reset()
         engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
         self._running = True
@@ -443,6 +481,7 @@ class Accompanist(Band):
         self._commit(playhead)
         end = self._last_step if self._plan_rows else self._context_end()
         if end < playhead + horizon:
+            self.wait_for_quiet(self._step_s * 1.5)
             self._generate_one(playhead)
             self._check_pace(playhead)
         else:
@@ -623,7 +662,9 @@ class Accompanist(Band):
             self._sync_context()
         start = now()
         row = self.engine.step(self.sampler, self._masks_now(), self._rng)[0].tolist()
-        self.plan_stats["compute_s"] += now() - start
+        elapsed = now() - start
+        self.plan_stats["compute_s"] += elapsed
+        self._step_s += 0.1 * (elapsed - self._step_s)  # running mean of a step, for wait_for_quiet
         self.plan_stats["events"] += 1
         event = self.tokenizer.row_to_event(row)
         previous = self._last_step

@@ -7,8 +7,9 @@ model by default). Measured, all on the one clock (spec ``realtime-field.md`` §
 
 * ``timing``: share of the parts' note-ons sent within 2 ms of their planned time (target >= 99.9 %), the
   scheduler's ``sent - planned`` percentiles, notes sent late (> 2 ms) and dropped (target 0 both);
-* ``key_follow``: for each key change, beats from the musician's first note in the new key to the last
-  part note-on outside it (0 when none strayed; target <= 1 beat), and the key tracker's own delay;
+* ``key_follow``: for each key change, beats from the musician's first note outside the old key (when the
+  change becomes audible) to the last part note-on outside the new key (0 when none strayed; target <= 1
+  beat), the same from the first note of the new key's segment, and the key tracker's own delay;
 * ``planning``: events generated, compute, headroom, re-plans, guesses of the musician confirmed or not,
   times the planner fell behind and degraded.
 
@@ -82,24 +83,42 @@ def _play(argv: list[str]) -> int:
 def key_follow(plan: list[tuple[float, int, int]], part_ons: list[tuple[float, int, int]],
                key_changes_heard: list[tuple[float, int]]) -> dict:
     """Beats the parts take to follow each key change (module docstring). ``part_ons``: ``(beat, channel,
-    pitch)`` of the parts' note-ons; ``key_changes_heard``: ``(beat, tonic)`` when the tracker moved."""
-    changes = [(beat, tonic) for i, (beat, _, tonic) in enumerate(plan) if i and tonic != plan[i - 1][2]]
-    follow, detect = [], []
-    for k, (beat, tonic) in enumerate(changes):
+    pitch)`` of the parts' note-ons; ``key_changes_heard``: ``(beat, tonic)`` when the tracker moved.
+
+    A change is counted from the musician's first note outside the old key, when it becomes audible (the
+    first notes of a new key are often in the old one too); ``from_first_new_key_note`` counts from the
+    first note of the new key's segment, for comparison.
+    """
+    changes = []
+    for i in range(1, len(plan)):
+        beat, _, tonic = plan[i]
+        old = plan[i - 1][2]
+        if tonic == old:
+            continue
+        old_scale = {(old + s) % 12 for s in SCALES["major"]}
+        segment = [n for n in plan[i:] if n[2] == tonic]
+        reveal = next((b for b, pitch, t in segment if pitch % 12 not in old_scale), None)
+        changes.append((beat, reveal, tonic))
+    follow, from_start, detect = [], [], []
+    last_part = part_ons[-1][0] if part_ons else 0
+    for k, (beat, reveal, tonic) in enumerate(changes):
         end = changes[k + 1][0] if k + 1 < len(changes) else float("inf")
-        if beat > (part_ons[-1][0] if part_ons else 0):
-            break
+        if beat > last_part or reveal is None:
+            continue
         scale = {(tonic + s) % 12 for s in SCALES["major"]}
         strays = [b for b, channel, pitch in part_ons if beat <= b < end and channel != 9 and pitch % 12 not in scale]
-        follow.append(max(strays) - beat if strays else 0.0)
+        follow.append(max(0.0, max(strays) - reveal) if strays else 0.0)
+        from_start.append(max(strays) - beat if strays else 0.0)
         heard = [b for b, t in key_changes_heard if beat - 0.01 <= b < end and t == tonic]
-        detect.append(heard[0] - beat if heard else None)
+        detect.append(heard[0] - reveal if heard else None)
     found = [d for d in detect if d is not None]
     return {
         "changes": len(follow), "beats_to_follow": [round(f, 2) for f in follow],
         "median_beats": round(float(np.median(follow)), 2) if follow else None,
         "max_beats": round(float(max(follow)), 2) if follow else None,
         "within_1_beat": sum(f <= 1.0 for f in follow),
+        "from_first_new_key_note": {"beats": [round(f, 2) for f in from_start],
+                                    "max_beats": round(float(max(from_start)), 2) if from_start else None},
         "tracker_beats_median": round(float(np.median(found)), 2) if found else None,
         "tracker_missed": sum(d is None for d in detect),
     }

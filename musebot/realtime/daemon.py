@@ -180,6 +180,8 @@ class Daemon:
     # ---- running --------------------------------------------------------------------------------------
     def start(self) -> Daemon:
         self.scheduler.start()
+        if hasattr(self.duet, "started"):
+            self.duet.started()  # a band raises the scheduler thread's priority
         for target, name in ((self._listen, "musebot-listener"), (self._watch, "musebot-health")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

@@ -34,6 +34,7 @@ import numpy as np
 
 from musebot.realtime import midi
 from musebot.realtime.accompany import MUSICIAN_TRACK, STEPS, Band, BandConfig
+from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import LiveSettings, PartConfig, PartMasks
 from musebot.realtime.outputs import Output
@@ -282,6 +283,7 @@ class BarGenerator:
         self.track_of = {p.name: MUSICIAN_TRACK + 1 + i for i, p in enumerate(parts)}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._generation = 0  # bumped by cancel: requests older than it are dropped
+        self._step_s = 0.005  # running mean of a model step
         # The parts' generated notes: (onset beat, track, channel, pitch, velocity, length in beats).
         self.played: deque[tuple[float, int, int, int, int, float]] = deque(maxlen=512)
         self._thread = threading.Thread(target=self._run, name="musebot-looper-model", daemon=True)
@@ -351,7 +353,10 @@ class BarGenerator:
         for _ in range(64 * len(parts)):  # at most 64 events a part in a bar
             if generation != self._generation:
                 return
+            looper.wait_for_quiet(self._step_s * 1.5)
+            started = now()
             row = engine.step(self.sampler, masks, rng)[0].tolist()
+            self._step_s += 0.1 * (now() - started - self._step_s)
             event = self.tokenizer.row_to_event(row)
             if event is None or event[0] != "note":
                 engine.rollback(engine.n_events - 1)

@@ -88,6 +88,11 @@ class Scheduler:
         self._thread.start()
         return self
 
+    @property
+    def native_id(self) -> int | None:
+        """The OS id of the sending thread (to raise its priority), None before ``start``."""
+        return self._thread.native_id if self._thread is not None else None
+
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the thread; pending messages stay in the heap (the caller panics the outputs)."""
         with self._cond:
