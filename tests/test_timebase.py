@@ -227,3 +227,19 @@ def test_a_burst_of_ticks_from_a_sender_catching_up_does_not_run_away_with_the_t
     ticks(follower, t + 8 * period + period, 120.0, PPQ)
     assert tb.bpm == pytest.approx(120.0, rel=0.02)
     assert follower.ticks == 2 * PPQ + 8 + PPQ
+
+
+def test_after_a_count_in_clock_out_starts_the_daw_on_bar_one(scheduler):
+    out = MemoryOutput()
+    tb = Timebase(240)
+    sender = ClockSender(tb, scheduler, [out], lookahead_s=0.05)
+    tb.start(now() + 0.02, -2.0)  # two beats of count-in
+    end = tb.time_at(1.0)
+    while now() < end:
+        sender.pump(now())
+        time.sleep(0.005)
+    time.sleep(0.05)
+    start_at = next(t for t, m in out.sent if m == (START,))
+    first_tick = next(t for t, m in out.sent if m == (CLOCK,))
+    assert start_at < first_tick
+    assert first_tick == pytest.approx(tb.time_at(0.0), abs=0.002)  # not during the count-in

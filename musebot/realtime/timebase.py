@@ -343,7 +343,8 @@ class ClockSender:
                                   math.ceil(tb.beat_at(t) * PPQ))
         self._epoch = tb.epoch
         if self._next_tick is None:
-            self._next_tick = math.ceil(tb.beat_at(t) * PPQ - 1e-9)
+            # A count-in (negative beats) is musebot's own: the DAW starts with bar 1.
+            self._next_tick = max(math.ceil(tb.beat_at(t) * PPQ - 1e-9), 0)
             position = max(self._next_tick, 0) // TICKS_PER_SIXTEENTH
             first = tb.time_at(self._next_tick / PPQ)
             messages = [(SONG_POSITION, position & 0x7F, position >> 7), (CONTINUE if position else START,)]
