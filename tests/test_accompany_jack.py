@@ -9,8 +9,11 @@ scheduler's sent-minus-planned time of each part note-on (JACK then adds one per
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -49,7 +52,10 @@ def serve(mode: str, model: str | None = None, bpm: float = 240, **band) -> Daem
 
 
 def play_at_beats(musician: Musician, timebase, events) -> None:
-    """Send ``(beat, message)`` events when the session's clock reaches their beats."""
+    """Send ``(beat, message)`` events when the session's clock reaches their beats (once it runs)."""
+    deadline = now() + 10
+    while not timebase.running and now() < deadline:
+        time.sleep(0.005)
     for beat, msg in sorted(events, key=lambda e: e[0]):
         sleep_until(timebase.time_at(beat))
         musician.send(*msg)
@@ -94,6 +100,7 @@ DRUM_MACHINE = """
 import json, sys, time
 import rtmidi
 start, beats, bpm0, bpm1, flat = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), 2
+gap_beat = float(sys.argv[5]) if len(sys.argv) > 5 else None  # a dropout: no tick for half a second here
 port = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="tester-clock")
 end = time.monotonic() + 5
 while "musebot-clock:in" not in port.get_ports() and time.monotonic() < end:
@@ -107,10 +114,14 @@ def wait(t):
 sent, t = [], start
 wait(start - 0.002)
 port.send_message([0xFA])
+gap_end = None
 for i in range(beats * 24):
     wait(t)
-    port.send_message([0xF8])
-    sent.append(time.perf_counter())
+    if gap_beat is not None and i == int(gap_beat * 24):
+        gap_end = t + 0.5
+    if gap_end is None or t >= gap_end:
+        port.send_message([0xF8])
+        sent.append(time.perf_counter())
     bpm = bpm0 if i < flat * 24 else bpm0 + (bpm1 - bpm0) * (i - flat * 24) / ((beats - flat) * 24)
     t += 60.0 / (bpm * 24)
 wait(t)
@@ -126,9 +137,8 @@ def test_musebot_follows_a_midi_clock_that_speeds_up(jack, model_dir):
     try:
         assert not daemon.duet.timebase.running  # nothing plays before the clock starts
         # A drum machine in its own process: 120 bpm for two beats, then speeding up steadily to 180 bpm.
-        drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 0.3), str(beats), "120",
+        drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), str(beats), "120",
                                   "180"], stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)
         play_at_beats(musician, daemon.duet.timebase, melody(MELODY * 2, 1.0))
         out, _ = drums.communicate(timeout=15)
         final_bpm = daemon.duet.timebase.bpm
@@ -148,6 +158,48 @@ def test_musebot_follows_a_midi_clock_that_speeds_up(jack, model_dir):
     offgrid = np.abs(on_drum_beat * 16 - np.round(on_drum_beat * 16)) / 16
     assert len(sent) >= 3 and np.all(offgrid < 0.02), f"worst {offgrid.max():.3f} beat"
     assert max(s for s, _ in parts) <= ticks[-1] + 60 / (180 * PPQ) + 0.005  # the stop stopped the parts
+
+
+def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_says_so_and_the_parts_play_on(jack, model_dir,
+                                                                                           caplog):
+    daemon = serve("accompany", model_dir, bpm=100, parts=["bass", "chords"], clock="external")
+    musician = Musician()
+    seen = []  # (time, clock source, running, events planned) every 10 ms
+
+    def watch() -> None:
+        band = daemon.duet
+        while not daemon.stop_event.is_set():
+            seen.append((now(), band.timebase.source, band.timebase.running, band.plan_stats["events"]))
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        with caplog.at_level(logging.INFO):
+            # 150 bpm, ticks missing from beat 4 for half a second (more than a beat), then back.
+            drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), "10", "150", "150",
+                                      "4"], stdout=subprocess.PIPE, text=True)
+            play_at_beats(musician, daemon.duet.timebase, melody(MELODY * 2, 1.0))
+            out, _ = drums.communicate(timeout=15)
+            time.sleep(0.1)
+    finally:
+        daemon.close()
+        musician.close()
+    ticks = json.loads(out)
+    gap = max(np.diff(ticks))
+    gap_start = ticks[int(np.argmax(np.diff(ticks)))]
+    assert gap > 0.45
+    assert "external clock lost" in caplog.text, (daemon.duet.follower.counts, gap, caplog.text[-3000:])
+    assert "external clock lost" in caplog.text
+    freewheel = re.search(r"following musebot's own clock at ([\d.]+) bpm", caplog.text)
+    assert freewheel and float(freewheel.group(1)) == pytest.approx(150, rel=0.02)
+    assert "following it again" in caplog.text
+    during = [s for s in seen if gap_start + 0.15 < s[0] < gap_start + gap - 0.02]
+    # In the gap: musebot's own clock runs on, and the planner goes on planning the parts.
+    assert during and all(source == "freewheel" and running for _, source, running, _ in during)
+    assert during[-1][3] > during[0][3]
+    assert daemon.duet.follower.counts["dropouts"] == 1
+    # Back on the drum machine's ticks: 24 per beat are counted across the gap, so the beat did not slip.
+    assert daemon.duet.follower.ticks == pytest.approx(10 * PPQ, abs=1)
 
 
 def test_in_looper_mode_a_bass_line_comes_back_under_the_melody(jack):

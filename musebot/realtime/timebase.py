@@ -13,7 +13,9 @@ a metronome with count-in.
   :class:`~musebot.realtime.scheduler.Scheduler`, so they are sent with its timing and telemetry.
 
 The spec ``realtime-field.md`` §4 "Tempo" and §5 item 6 ask for MIDI clock in and out with start/stop and
-song position; Ableton Link is left out (no maintained binding installs from PyPI without a compiler).
+song position. Ableton Link is not here yet: ``aalink`` (0.2.3) installs from PyPI as a binary wheel, but it
+runs on an asyncio loop and needs a peer to be tested against; following it would be one more source
+feeding :meth:`Timebase.align`, as the clock follower does.
 """
 
 from __future__ import annotations
