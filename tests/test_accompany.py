@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from musebot.realtime.accompany import BandConfig, make_band
+from musebot.realtime.band import BandConfig, make_band
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import KeyLock
@@ -110,7 +110,7 @@ def test_the_parts_follow_the_musician_from_c_major_to_f_sharp_major(model_dir, 
     band = make_band(ServeConfig(bpm=BPM, seed=5), BandConfig(parts=["bass", "chords"]), scheduler, [out],
                      model_dir)
     change_beat = 8.0
-    with caplog.at_level(logging.INFO, logger="musebot.realtime.accompany"):
+    with caplog.at_level(logging.INFO, logger="musebot.realtime"):
         perform(band, melody(C_MELODY * 2, 0.0) + melody(F_SHARP_MELODY * 2, change_beat), until_beat=16.0)
     tb = band.timebase
     sent_at = [(tb.beat_at(t), m) for t, m in out.sent if m[0] & 0xF0 == 0x90 and m[2] > 0 and m[0] & 0x0F in (1, 2)]

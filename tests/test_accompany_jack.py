@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from musebot.realtime.accompany import BandConfig
+from musebot.realtime.band import BandConfig
 from musebot.realtime.clock import now, sleep_until
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.daemon import Daemon, ServeOptions

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from musebot.realtime.accompany import BandConfig, make_band
+from musebot.realtime.band import BandConfig, make_band
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import DEFAULT_PARTS

@@ -126,7 +126,7 @@ def key_follow(plan: list[tuple[float, int, int]], part_ons: list[tuple[float, i
 
 def run_accompany_bench(args: argparse.Namespace) -> dict:
     """The whole benchmark (module docstring); returns the figures."""
-    from musebot.realtime.accompany import BandConfig
+    from musebot.realtime.band import BandConfig
     from musebot.realtime.config import ServeConfig
     from musebot.realtime.daemon import Daemon, ServeOptions
 

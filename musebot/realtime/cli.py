@@ -135,7 +135,7 @@ def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...
 
 def add_band_arguments(parser: argparse.ArgumentParser) -> None:
     """Settings of ``--mode accompany`` and ``--mode looper`` (BandConfig fields)."""
-    from musebot.realtime.accompany import BandConfig
+    from musebot.realtime.band import BandConfig
 
     band = BandConfig()
     group = parser.add_argument_group("accompany and looper")
@@ -173,7 +173,7 @@ def add_band_arguments(parser: argparse.ArgumentParser) -> None:
 
 def band_from_args(args: argparse.Namespace):
     """The BandConfig of ``--mode accompany|looper`` (None for the other modes)."""
-    from musebot.realtime.accompany import BAND_MODES, BandConfig
+    from musebot.realtime.band import BAND_MODES, BandConfig
 
     if args.mode not in BAND_MODES:
         return None

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from musebot.realtime import duet as duet_module
 from musebot.realtime import ports
-from musebot.realtime.accompany import BAND_MODES, BandConfig
 from musebot.realtime.answers import Answerer, AnswerSlot, EchoAnswerer
+from musebot.realtime.band import BAND_MODES, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.duet import Duet
@@ -162,7 +162,7 @@ class Daemon:
         return ModelAnswerer.load(self.options.model, self.slot, self.config)
 
     def _make_band(self):
-        from musebot.realtime.accompany import make_band
+        from musebot.realtime.band import make_band
 
         if self.options.mode not in SERVE_MODES:
             raise ValueError(f"--mode must be one of {', '.join(SERVE_MODES)}, got {self.options.mode!r}")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from musebot.realtime import midi
-from musebot.realtime.accompany import MUSICIAN_TRACK, STEPS, Band, BandConfig
+from musebot.realtime.band import MUSICIAN_TRACK, STEPS, Band, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import LiveSettings, PartConfig, PartMasks
