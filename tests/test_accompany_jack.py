@@ -224,6 +224,9 @@ def test_in_looper_mode_a_bass_line_comes_back_under_the_melody(jack):
     # The fourth bar (the second of the melody): the musician's bass line, note for note, on the beats.
     fourth = [(beat - first - 12, pitch) for beat, pitch in came_back if first + 12 <= beat < first + 16]
     assert [p for _, p in fourth] == bass_line, came_back
-    assert all(abs(beat - i) < 0.05 for i, (beat, _) in enumerate(fourth)), fourth
+    # On the beats the musician played them (a replay keeps their timing): within 5 ms (0.02 beat) of one of
+    # the recorded bars.
+    recorded = [[n.onset for n in bar.notes] for bar in daemon.duet.memory["bass"]]
+    assert min(max(abs(b - o) for (b, _), o in zip(fourth, bar)) for bar in recorded) < 0.02, (fourth, recorded)
     assert not [b for b, _ in came_back if b < first + 8]  # not while the musician played bass
     assert hanging_notes(heard) == set()

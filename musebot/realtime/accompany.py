@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,9 +69,6 @@ class Accompanist(Band):
         from musebot.engine.sampling import SamplerSettings
         from musebot.tokenizers import MIDITokenizer
 
-        if sys.getswitchinterval() > 0.0005:
-            # The scheduler thread must get the GIL within a fraction of a ms of its deadline, not 5 ms.
-            sys.setswitchinterval(0.0005)
         self.engine = engine
         self.tokenizer = MIDITokenizer.from_dict(engine.config["tokenizer"])
         self.sampler = SamplerSettings(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)

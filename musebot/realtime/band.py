@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -118,6 +119,9 @@ class Band:
     def __init__(self, config: ServeConfig, band: BandConfig, scheduler: Scheduler,
                  outputs: Sequence[Output], settings: LiveSettings, api: int | None = None) -> None:
         band.validate()
+        if sys.getswitchinterval() > 0.0005:
+            # The scheduler thread must get the GIL within a fraction of a ms of its deadline, not 5 ms.
+            sys.setswitchinterval(0.0005)
         self.config = config
         self.band = band
         self.scheduler = scheduler
