@@ -117,6 +117,27 @@ def test_unknown_preset_is_a_clear_error(dataset: Path, tmp_path: Path):
         train(tiny(dataset, tmp_path / "run", preset="tv9-huge"))
 
 
+def test_pitch_shift_zero_keeps_a_transposed_dataset_in_its_key(dataset: Path, tmp_path: Path):
+    from musebot.data.dataset import TokenDataset
+    from musebot.tokenizers import MIDITokenizer
+    from musebot.train.data import CropDataset
+
+    data = TokenDataset(dataset)
+    tokenizer = MIDITokenizer.from_dict(data.tokenizer_config)
+    pitch_lo, pitch_hi = tokenizer.vocab.parameter_range("pitch")
+
+    def pitches(rows) -> list[int]:
+        return [int(r[5]) for r in np.asarray(rows) if r[0] == tokenizer.vocab.event_ids["note"]]
+
+    for shift, same in ((0, True), (4, False)):
+        crops = CropDataset(data, "train", 10_000, True, tokenizer, seed=3, max_pitch_shift=shift)
+        kept = [pitches(crops[i]) == pitches(data.piece(crops.indices[i])) for i in range(len(crops))]
+        assert all(kept) if same else not all(kept)
+    assert all(pitch_lo <= p < pitch_hi for p in pitches(crops[0]))
+    with pytest.raises(TrainError, match="--max-pitch-shift"):
+        train(tiny(dataset, tmp_path / "run", max_pitch_shift=13))
+
+
 def test_ddp_on_two_cpu_processes_needs_no_code_change(dataset: Path, tmp_path: Path):
     import json
     import subprocess

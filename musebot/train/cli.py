@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", dest="augment", action="store_false", help="turn augmentation off")
+    p.add_argument("--max-pitch-shift", type=int, default=4, help="augmentation's largest transposition in "
+                   "semitones (0 keeps a dataset built with --transpose in C major / A minor)")
     p.add_argument("--sample-events", type=int, default=256, help="events in each validation sample MIDI")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     for size in ("n_layer", "n_head", "n_embd", "n_inner"):
@@ -55,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         accelerator=args.accelerator, devices=devices, strategy=args.strategy, precision=args.precision,
         lora=args.lora, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, threads=args.threads,
         seed=args.seed, sample_events=args.sample_events, augment=args.augment, progress=args.progress,
+        max_pitch_shift=args.max_pitch_shift,
         n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_inner=args.n_inner,
     )
     try:

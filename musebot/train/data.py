@@ -25,7 +25,7 @@ class CropDataset(Dataset):
     """Items of one split: ``(n <= max_len, 8)`` int64 tensors; random crops + augmentation when training."""
 
     def __init__(self, data: TokenDataset, split: str, max_len: int, train: bool, tokenizer=None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_pitch_shift: int = 4) -> None:
         self.data = data
         self.indices = data.indices(split)
         self.lengths = data.lengths(split)
@@ -33,6 +33,7 @@ class CropDataset(Dataset):
         self.train = train
         self.tokenizer = tokenizer
         self.rng = random.Random(seed)
+        self.max_pitch_shift = max_pitch_shift
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -46,7 +47,8 @@ class CropDataset(Dataset):
             start = self.rng.randrange(0, len(rows) - self.max_len + 1) if self.train else 0
             rows = rows[start:start + self.max_len]
         if self.train and self.tokenizer is not None:
-            rows = np.asarray(self.tokenizer.augment(rows.tolist(), rng=self.rng), dtype=np.int64)
+            rows = np.asarray(self.tokenizer.augment(rows.tolist(), max_pitch_shift=self.max_pitch_shift,
+                                                         rng=self.rng), dtype=np.int64)
         return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
 
 
@@ -108,12 +110,13 @@ class TokenDataModule(L.LightningDataModule):
     """Train/valid loaders over a dataset folder built by ``musebot dataset build``."""
 
     def __init__(self, folder: str | Path, max_len: int = 512, batch_size: int = 8, tokenizer_config=None,
-                 augment: bool = True, seed: int = 0, num_workers: int = 0) -> None:
+                 augment: bool = True, seed: int = 0, num_workers: int = 0, max_pitch_shift: int = 4) -> None:
         super().__init__()
         self.folder = Path(folder)
         self.max_len = max_len
         self.batch_size = batch_size
         self.augment = augment
+        self.max_pitch_shift = max_pitch_shift
         self.seed = seed
         self.num_workers = num_workers
         self.data = TokenDataset(self.folder)
@@ -135,7 +138,8 @@ class TokenDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = CropDataset(self.data, split, self.max_len, train,
-                              self.tokenizer() if (train and self.augment) else None, self.seed)
+                              self.tokenizer() if (train and self.augment) else None, self.seed,
+                              self.max_pitch_shift)
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = BucketBatchSampler([dataset.item_length(i) for i in range(len(dataset))], self.batch_size,

@@ -46,6 +46,7 @@ class TrainOptions:
     seed: int = 0
     sample_events: int = 256
     augment: bool = True
+    max_pitch_shift: int = 4
     progress: bool = True
     n_layer: int | None = None
     n_head: int | None = None
@@ -130,10 +131,13 @@ def train(options: TrainOptions) -> dict:
         torch.set_num_threads(options.threads)
     if options.max_steps < 1:
         raise TrainError("--max-steps must be at least 1")
+    if not 0 <= options.max_pitch_shift <= 12:
+        raise TrainError("--max-pitch-shift must be 0..12 semitones")
     out = Path(options.out)
     config = build_config(options)
     datamodule = TokenDataModule(options.data, options.max_len, options.batch_size, config.tokenizer,
-                                 augment=options.augment, seed=options.seed)
+                                 augment=options.augment, seed=options.seed,
+                                 max_pitch_shift=options.max_pitch_shift)
     L.seed_everything(options.seed, workers=True, verbose=False)
     last = out / "checkpoints" / "last.ckpt"
     resume = last.is_file()
