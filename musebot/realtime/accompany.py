@@ -155,7 +155,7 @@ class Accompanist(Band):
         end = self._last_step if self._plan_rows else self._context_end()
         if end < playhead + horizon:
             self.wait_for_quiet(self._step_s * 1.5)
-            self._generate_one(playhead)
+            self._generate_one()
             self._check_pace(playhead)
         else:
             self._wait(0.004)
@@ -330,7 +330,7 @@ class Accompanist(Band):
         self._plan = []
         self._rng = np.random.default_rng([self.config.seed, len(self.committed)])
 
-    def _generate_one(self, playhead: float) -> None:
+    def _generate_one(self) -> None:
         if self._plan_rows == 0 and not self._plan:
             self._sync_context()
         start = now()
@@ -352,11 +352,13 @@ class Accompanist(Band):
         self._rows.append(row)
         self._last_step = step
         self._plan_rows += 1
-        late = step < playhead + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
-        if part is not None and late:
-            self.telemetry.stale += 1
-        if part is not None or not late:  # a guess already in the past can neither match nor be missed
+        # Sampled for a moment already (nearly) past: a part note is stale, never fixed (so never dropped nor
+        # late); a guess can neither match nor be missed. Both stay in the context until the next re-plan.
+        late = step < self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
+        if not late:
             self._plan.append(item)
+        elif part is not None:
+            self.telemetry.stale += 1
 
     def _check_pace(self, playhead: float) -> None:
         """Degrade when the plan does not reach past the commit horizon; recover when it is well ahead."""
