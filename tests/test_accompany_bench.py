@@ -26,6 +26,7 @@ def test_bench_accompany_reports_timing_drops_and_key_following(reference_dir, t
     assert json.loads(capsys.readouterr().out) == figures
     timing = figures["timing"]
     assert figures["musician_notes"] == 64
+    assert figures["machine"]["cpus"] >= 1 and isinstance(figures["machine"]["scheduler_realtime_priority"], bool)
     assert timing["part_notes"] == sum(figures["parts"].values()) >= 8
     assert 0.0 <= timing["share_within_2ms"] <= 1.0
     assert timing["late_over_2ms"] == round((1 - timing["share_within_2ms"]) * timing["part_notes"])

@@ -139,6 +139,7 @@ class Band:
         self.counts = {"received": 0, "invalid": 0, "panics": 0, "notes": 0, "controls": 0}
         self.clock_input = None
         self.recorder = None  # the daemon's SessionRecorder, when recording
+        self.realtime_priority = False  # whether started() got SCHED_FIFO for the scheduler thread
         self._dues: list[float] = []  # heap of the part notes' planned times, for wait_for_quiet
         self._dues_lock = threading.Lock()
         channels = [p.channel for p in settings.parts.values()]
@@ -341,6 +342,7 @@ class Band:
             return
         try:
             os.sched_setscheduler(thread_id, os.SCHED_FIFO, os.sched_param(SCHEDULER_RT_PRIORITY))
+            self.realtime_priority = True
             log.info("scheduler thread runs at real-time priority %d", SCHEDULER_RT_PRIORITY)
         except (PermissionError, OSError) as exc:
             log.info("scheduler thread keeps normal priority (%s); timing may suffer on a busy machine", exc)

@@ -194,6 +194,10 @@ def _figures(args, model, server, band, sends, plan, keys_heard, musician_sent) 
     music_s = len(plan) and (plan[-1][0] - plan[0][0]) * tb.seconds_per_beat
     return {
         "model": str(model), "cpu_threads": 1, "bpm": args.bpm, "minutes": args.minutes,
+        # Other work on the machine moves these figures: the load and whether the scheduler thread got
+        # real-time priority (root or an rtprio limit) are part of the result.
+        "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+                    "scheduler_realtime_priority": band.realtime_priority},
         "parts": per_part, "jack": {"server": server, "driver": "dummy", "rate": 48000, "period": 64},
         "musician_notes": len(musician_sent),
         "timing": {
