@@ -242,3 +242,11 @@ def test_transformers4_era_config_json_still_reads(sky: Path):
     assert config.named() == "tv2o-tiny"
     with pytest.raises(ConfigError, match="net_config"):
         MIDIModelConfig.from_dict({"tokenizer": data["tokenizer"]})
+
+
+def test_key_normalised_flag_round_trips_and_is_absent_from_reference_configs(tmp_path):
+    config = MIDIModelConfig.from_name("tv2o-tiny")
+    assert "key_normalised" not in config.to_dict()  # the reference's layout stays as it is
+    config.key_normalised = True
+    config.save(tmp_path)
+    assert MIDIModelConfig.load(tmp_path).key_normalised is True

@@ -140,3 +140,38 @@ def test_musebot_serve_with_a_model_answers_through_jack(model_dir):
             assert hanging_notes(heard) == set()
         finally:
             daemon.close()
+
+
+E_MAJOR = [64, 66, 68, 69, 71, 73, 75, 76]
+
+
+def test_a_key_normalised_model_hears_the_musician_in_c_and_answers_in_their_key(model_dir, tmp_path):
+    """A model trained only in C major / A minor (``key_normalised``): a phrase in E major reaches the
+    model four semitones down, the answer comes back up, and a key lock given in the musician's pitches
+    holds on what they hear."""
+    import json
+    import shutil
+
+    from musebot.realtime.constraints import SCALES
+
+    folder = tmp_path / "normalised"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "key_normalised": True}))
+    session = Session(folder, seed=3)
+    e_major = frozenset((4 + step) % 12 for step in SCALES["major"])
+    try:
+        session.answerer.set_constraints(pitch_classes=e_major)
+        release = session.play(E_MAJOR, start=now())
+        session.run_until(release + SILENCE_S + len(E_MAJOR) * NOTE_S + 0.7)  # the answer is as long as the call
+        answerer = session.answerer
+        assert answerer.shift == -4 and answerer.stats.key_changes >= 1
+        vocab = answerer.engine.vocab
+        heard = [int(r[5]) - vocab.parameter_offsets["pitch"] for r in answerer.engine.rows[0]
+                 if r[0] == vocab.event_ids["note"]][:len(E_MAJOR)]
+        assert heard == [p - 4 for p in E_MAJOR]  # the model heard the phrase in C major
+        ons = session.answer()
+        assert ons and all(m[1] % 12 in e_major for _, m in ons)  # the musician hears E major
+        assert session.out.ledger.sounding() == []
+    finally:
+        session.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -173,3 +174,17 @@ def test_property_augment_keeps_rows_valid_and_drums_in_place(notes, seed):
             assert (a[4] == 9) == (b[4] == 9)  # drums stay on channel 9, others never land there
             if a[4] == 9:
                 assert a[5] == b[5]  # drum notes are not transposed
+
+
+def test_transpose_rows_moves_melodic_notes_only_and_folds_off_range_pitches_by_octaves():
+    tok = MIDITokenizer.from_name("v2o")
+    score = [480, [["note", 0, 480, 0, 60, 90], ["note", 0, 480, 9, 36, 100], ["note", 480, 480, 1, 125, 80],
+                   ["note", 960, 480, 1, 2, 80]]]
+    rows = np.array(tok.tokenize(score))
+    moved = tok.vocab.transpose_rows(rows, 5)
+    notes = {(e[4], e[5]) for e in (tok.vocab.row_to_event(r) for r in moved) if e and e[0] == "note"}
+    assert notes == {(0, 65), (9, 36), (1, 118), (1, 7)}  # 130 folds to 118; drums stay
+    down = {(e[4], e[5]) for e in (tok.vocab.row_to_event(r) for r in tok.vocab.transpose_rows(rows, -5))
+            if e and e[0] == "note"}
+    assert down == {(0, 55), (9, 36), (1, 120), (1, 9)}  # -3 folds to 9
+    assert (tok.vocab.transpose_rows(rows, 0) == rows).all() and rows is not moved

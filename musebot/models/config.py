@@ -70,6 +70,9 @@ class MIDIModelConfig:
     net: LlamaConfig
     net_token: LlamaConfig
     name: str = ""
+    # musebot's own key (absent from reference configs): trained only on pieces in C major / A minor, so
+    # the real-time path moves the musician's key there and the model's answers back.
+    key_normalised: bool = False
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -135,6 +138,7 @@ class MIDIModelConfig:
             net=LlamaConfig(**data["net_config"]),
             net_token=LlamaConfig(**data["net_token_config"]),
             name=str(data.get("config_name", "")),
+            key_normalised=bool(data.get("key_normalised", False)),
         )
 
     @classmethod
@@ -193,6 +197,8 @@ class MIDIModelConfig:
         }
         if self.name:
             data["config_name"] = self.name
+        if self.key_normalised:
+            data["key_normalised"] = True
         return data
 
     def save(self, folder: str | Path) -> Path:

@@ -33,6 +33,7 @@ import numpy as np
 from musebot.realtime.answers import Answerer, AnswerSlot
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
+from musebot.realtime.constraints import KeyTracker
 
 if TYPE_CHECKING:
     from musebot.engine.engine import Engine
@@ -57,6 +58,23 @@ class _Answer:
     onsets: list[float] = field(default_factory=list)  # real onset of each scheduled row (rows-ahead order)
 
 
+class KeyFollower:
+    """The musician's key, for a model trained in C major / A minor (``"key_normalised"`` in its
+    config.json): the band's :class:`KeyTracker`, slower (a key holds for bars, not beats), and the
+    transposition from it to C major (-6..+5 semitones, so the register moves least)."""
+
+    def __init__(self) -> None:
+        self.tracker = KeyTracker(half_life_beats=8.0, margin=1.0)
+
+    def hear(self, beat: float, pitch: int) -> None:
+        self.tracker.hear(beat, pitch)
+
+    @property
+    def shift(self) -> int:
+        tonic = self.tracker.tonic
+        return 0 if tonic is None else (6 - tonic) % 12 - 6
+
+
 @dataclass
 class WorkerStats:
     """Generation figures: events generated, their musical length and the compute they took."""
@@ -68,6 +86,7 @@ class WorkerStats:
     rollbacks: int = 0
     answers: int = 0
     late_rows: int = 0  # answer rows generated after their onset had passed
+    key_changes: int = 0  # times a key-normalised model's transposition followed the musician
 
     @property
     def headroom(self) -> float:
@@ -96,11 +115,15 @@ class ModelAnswerer(Answerer):
         )
         self._converter_class = LiveConverter
         self.converter = self._new_converter(now())
+        # ``masks`` are in the musician's pitches (what the API shows); ``_model_masks`` in the model's.
         self.masks = MaskTable(engine.vocab, Constraints(
             event_types=frozenset({"note"}), allow_eos=False, channels=frozenset({config.answer_channel}),
             tracks=frozenset({ANSWER_TRACK}), max_time_gap=MAX_GAP_STEPS, max_duration=MAX_DURATION_STEPS,
             pitch_range=PIANO_RANGE,
         ))
+        self.key = KeyFollower() if engine.config.get("key_normalised") else None
+        self.shift = 0  # semitones from the musician's pitches to the model's (key-normalised models)
+        self._model_masks = self.masks
         self.stats = WorkerStats()
         self._steps_per_s = 16 * config.bpm / 60.0
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -219,7 +242,10 @@ class ModelAnswerer(Answerer):
                 # performance gives the same rows whatever the wall-clock time.
                 self._first_message = False
                 self.converter = self._new_converter(t)
-            rows = self.converter.feed(mido.Message.from_bytes(list(msg)), t).rows
+            message = mido.Message.from_bytes(list(msg))
+            if self.key is not None and message.type == "note_on" and message.velocity and message.channel != 9:
+                self.key.hear(t * self.config.bpm / 60.0, message.note)
+            rows = self.converter.feed(message, t).rows
             if rows:
                 self._append_played(rows)
         elif kind == "answer":
@@ -243,6 +269,7 @@ class ModelAnswerer(Answerer):
                 self._rollback_ahead()  # guessed at the old tempo (an answer under way keeps its rows)
         elif kind == "masks":
             self.masks = command[1]
+            self._model_masks = self._shifted_masks()
             if self._answer is None:
                 self._rollback_ahead()  # guessed under the old constraints
         elif kind == "quit":
@@ -254,9 +281,36 @@ class ModelAnswerer(Answerer):
         if self._answer is not None:
             self._finish_answer(now())
         self._rollback_ahead()
-        self.engine.append(np.asarray(rows, np.int64))
+        if self.key is not None and self.key.shift != self.shift:
+            self._change_shift(self.key.shift)
+        self.engine.append(self.engine.vocab.transpose_rows(np.asarray(rows, np.int64), self.shift))
         self._committed = self.engine.n_events
         self.stats.prefill_rows += len(rows)
+
+    def _change_shift(self, shift: int) -> None:
+        """The musician moved to another key: the context is re-read in the new transposition (one prefill,
+        while the musician plays, never when an answer is due) and the masks follow."""
+        log.info("engine worker: the musician's key moved; the model now hears them %+d semitones", shift)
+        rows = self.engine.vocab.transpose_rows(self.engine.rows[0, :self._committed], shift - self.shift)
+        self.engine.reset()
+        self.engine.append(rows)
+        self.shift = shift
+        self._model_masks = self._shifted_masks()
+        self.stats.key_changes += 1
+
+    def _shifted_masks(self):
+        """The answer masks in the model's pitches: the musician's range and pitch classes moved by shift."""
+        from dataclasses import replace
+
+        from musebot.engine.masks import MaskTable
+
+        if not self.shift:
+            return self.masks
+        c = self.masks.constraints
+        pitch_range = c.pitch_range and (max(0, c.pitch_range[0] + self.shift),
+                                         min(127, c.pitch_range[1] + self.shift))
+        classes = c.pitch_classes and frozenset((p + self.shift) % 12 for p in c.pitch_classes)
+        return MaskTable(self.engine.vocab, replace(c, pitch_range=pitch_range, pitch_classes=classes))
 
     def _rollback_ahead(self) -> None:
         if self.engine.n_events > self._committed:
@@ -272,7 +326,7 @@ class ModelAnswerer(Answerer):
             # Seeded by the context length: the same performance and seed give the same continuation.
             self._rng = np.random.default_rng([self.config.seed, self._committed])
         start = now()
-        row = self.engine.step(self.settings, self.masks, self._rng)[0].tolist()
+        row = self.engine.step(self.settings, self._model_masks, self._rng)[0].tolist()
         elapsed = now() - start
         event = self.tokenizer.row_to_event(row)
         if event is None or event[0] != "note":
@@ -315,7 +369,7 @@ class ModelAnswerer(Answerer):
             end = min(onset + duration / self._steps_per_s, answer.due + answer.length_s)
             if onset < now():
                 self.stats.late_rows += 1
-            notes.append((onset, end, pitch, velocity))
+            notes.append((onset, end, min(127, max(0, pitch - self.shift)), velocity))
             answer.onsets.append(onset)
             answer.next_index += 1
         if notes:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 # Parameter order inside a row, per event type (the order decides the ids, keep it).
 V1_EVENTS: dict[str, list[str]] = {
     "note": ["time1", "time2", "track", "duration", "channel", "pitch", "velocity"],
@@ -107,6 +109,22 @@ class Vocabulary:
                 return None
             event.append(value)
         return event
+
+    def transpose_rows(self, rows: np.ndarray, semitones: int) -> np.ndarray:
+        """A copy of ``(n, 8)`` rows with every melodic note moved by ``semitones``; drum notes (channel 9)
+        stay. A pitch pushed off the MIDI range moves back by whole octaves instead of being lost."""
+        rows = np.array(rows, dtype=np.int64, copy=True).reshape(-1, self.max_token_seq)
+        if not semitones or not len(rows):
+            return rows
+        kinds = self.events["note"]
+        channel_col, pitch_col = kinds.index("channel") + 1, kinds.index("pitch") + 1
+        drums = self.parameter_offsets["channel"] + 9
+        notes = (rows[:, 0] == self.event_ids["note"]) & (rows[:, channel_col] != drums)
+        pitch = rows[notes, pitch_col] - self.parameter_offsets["pitch"] + semitones
+        pitch = np.where(pitch < 0, pitch % 12, pitch)
+        pitch = np.where(pitch > 127, 116 + (pitch - 116) % 12, pitch)
+        rows[notes, pitch_col] = pitch + self.parameter_offsets["pitch"]
+        return rows
 
     def special_row(self, token_id: int) -> list[int]:
         return [token_id] + [self.pad_id] * (self.max_token_seq - 1)

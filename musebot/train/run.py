@@ -138,6 +138,9 @@ def train(options: TrainOptions) -> dict:
     datamodule = TokenDataModule(options.data, options.max_len, options.batch_size, config.tokenizer,
                                  augment=options.augment, seed=options.seed,
                                  max_pitch_shift=options.max_pitch_shift)
+    # Pieces transposed to C major / A minor and kept there: the model knows no other key (see the config).
+    config.key_normalised = bool(datamodule.data.meta.get("options", {}).get("transpose")) and (
+        not options.augment or options.max_pitch_shift == 0)
     L.seed_everything(options.seed, workers=True, verbose=False)
     last = out / "checkpoints" / "last.ckpt"
     resume = last.is_file()
