@@ -38,6 +38,7 @@ STEPS = 16  # grid steps per beat (spec skytnt-format §2.4)
 PART_TAG = "part:"
 MUSICIAN_TRACK = 1
 QUIET_BEFORE_S, QUIET_AFTER_S, QUIET_MAX_WAIT_S = 0.002, 0.0005, 0.015  # see Band.wait_for_quiet
+THREAD_NICE = -5
 SCHEDULER_RT_PRIORITY = 20  # well below JACK's own threads (70 and its clients' 69)
 
 
@@ -346,6 +347,15 @@ class Band:
             log.info("scheduler thread runs at real-time priority %d", SCHEDULER_RT_PRIORITY)
         except (PermissionError, OSError) as exc:
             log.info("scheduler thread keeps normal priority (%s); timing may suffer on a busy machine", exc)
+            return
+        # The scheduler also needs the interpreter lock, which musebot's other threads hold in turns: they
+        # get a nice of -5, so other work on the machine does not stall one of them while it holds it.
+        for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+            try:
+                if int(task) != thread_id:
+                    os.setpriority(os.PRIO_PROCESS, int(task), THREAD_NICE)
+            except (PermissionError, OSError):
+                break
 
     def close(self) -> None:
         if self.clock_input is not None:
