@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def melody(pitches, first_beat, step=0.5):
 
 
 def test_a_melody_played_into_musebot_in_gets_bass_and_chords_on_their_channels_in_time(jack, model_dir):
+    nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     daemon = serve("accompany", model_dir, parts=["bass", "chords"], key="C major")
     musician = Musician()
     try:
@@ -90,6 +92,8 @@ def test_a_melody_played_into_musebot_in_gets_bass_and_chords_on_their_channels_
     assert np.all(np.abs(errors) <= 0.002), f"worst {np.abs(errors).max() * 1e3:.2f} ms"
     grid = np.array([(due - origin) / spb * 16 for due, _, _ in parts])
     assert np.all(np.abs(grid - np.round(grid)) < 0.01)
+    # Raised priorities (when the OS grants them) end with the session.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == nice
     ons = note_ons(heard)
     assert {m[0] & 0x0F for _, m in ons} == {1, 2}  # nothing on the musician's channel
     assert len(ons) == len(parts)

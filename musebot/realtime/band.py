@@ -141,6 +141,7 @@ class Band:
         self.clock_input = None
         self.recorder = None  # the daemon's SessionRecorder, when recording
         self.realtime_priority = False  # whether started() got SCHED_FIFO for the scheduler thread
+        self._reniced: list[tuple[int, int]] = []  # (thread id, nice before started())
         self._dues: list[float] = []  # heap of the part notes' planned times, for wait_for_quiet
         self._dues_lock = threading.Lock()
         channels = [p.channel for p in settings.parts.values()]
@@ -353,13 +354,21 @@ class Band:
         for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
             try:
                 if int(task) != thread_id:
-                    os.setpriority(os.PRIO_PROCESS, int(task), THREAD_NICE)
+                    previous = os.getpriority(os.PRIO_PROCESS, int(task))
+                    os.setpriority(os.PRIO_PROCESS, int(task), min(previous, THREAD_NICE))
+                    self._reniced.append((int(task), previous))
             except (PermissionError, OSError):
                 break
 
     def close(self) -> None:
         if self.clock_input is not None:
             self.clock_input.close()
+        for task, previous in self._reniced:  # the process's threads as they were (a test process goes on)
+            try:
+                os.setpriority(os.PRIO_PROCESS, task, previous)
+            except OSError:
+                pass
+        self._reniced = []
 
 
 def make_band(config: ServeConfig, band: BandConfig, scheduler: Scheduler, outputs: Sequence[Output],
