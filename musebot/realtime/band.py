@@ -39,6 +39,7 @@ PART_TAG = "part:"
 MUSICIAN_TRACK = 1
 QUIET_BEFORE_S, QUIET_AFTER_S, QUIET_MAX_WAIT_S = 0.002, 0.0005, 0.015  # see Band.wait_for_quiet
 THREAD_NICE = -5
+SWITCH_INTERVAL_S = 0.0005  # the interpreter passes its lock on at least this often (default 5 ms)
 SCHEDULER_RT_PRIORITY = 20  # well below JACK's own threads (70 and its clients' 69)
 
 
@@ -120,9 +121,9 @@ class Band:
     def __init__(self, config: ServeConfig, band: BandConfig, scheduler: Scheduler,
                  outputs: Sequence[Output], settings: LiveSettings, api: int | None = None) -> None:
         band.validate()
-        if sys.getswitchinterval() > 0.0005:
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
             # The scheduler thread must get the GIL within a fraction of a ms of its deadline, not 5 ms.
-            sys.setswitchinterval(0.0005)
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.config = config
         self.band = band
         self.scheduler = scheduler
