@@ -87,7 +87,6 @@ def test_serve_without_any_usable_output_fails_with_one_clear_line():
     [
         (["serve", "--bpm", "5"], "--bpm must be between 20 and 400"),
         (["serve", "--api", "alsa"], "MIDI system 'alsa' cannot be used"),
-        (["serve", "--answer", "model", "--output", "fluidsynth"], "--answer model needs --model DIR"),
         (["serve", "--model", "/nonexistent", "--output", "fluidsynth"], "no config.json here"),
         (["serve", "--output", "fluidsynth", "--soundfont", "/nonexistent.sf2"], "does not exist"),
         (["serve", "--cc-panic", "300"], "controller numbers are 0..127"),

@@ -30,7 +30,7 @@ def part_notes(path: Path, name: str) -> list[tuple[int, int]]:
 
 
 def test_demo_with_echo_writes_a_duet_midi_a_non_silent_wav_and_a_piano_roll(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--bpm", "240", "--silence-beats", "1"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--bpm", "240", "--silence-beats", "1", "--answer", "echo"]) == 0
     midi_path, wav_path, png_path = (tmp_path / f"duet.{ext}" for ext in ("mid", "wav", "png"))
     musician, musebot = part_notes(midi_path, "musician"), part_notes(midi_path, "musebot")
     assert len(musician) == 14
@@ -40,6 +40,16 @@ def test_demo_with_echo_writes_a_duet_midi_a_non_silent_wav_and_a_piano_roll(tmp
         audio = np.frombuffer(handle.readframes(handle.getnframes()), np.int16)
     assert np.abs(audio).max() > 1000
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_with_no_arguments_is_answered_by_the_shipped_model(tmp_path):
+    from musebot.engine.generate import DEFAULT_MODEL_DIR
+
+    assert main(["demo", "--out", str(tmp_path), "--bpm", "240"]) == 0
+    meta = read_session_meta(tmp_path / "duet.mid")
+    assert meta["answer"] == "model" and meta["model"] == str(DEFAULT_MODEL_DIR.resolve())
+    answer = part_notes(tmp_path / "duet.mid", "musebot")
+    assert answer and all(21 <= p <= 108 for _, p in answer)
 
 
 @pytest.fixture(scope="module")

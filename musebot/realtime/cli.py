@@ -102,9 +102,10 @@ def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...
                         help="call: call and response (default); listen: thru and recording only"
                         + ("; accompany: musebot plays --parts beside you; looper: musebot plays the roles "
                            "(bass, chords, melody) you are not playing" if "looper" in modes else ""))
-    parser.add_argument("--model", metavar="DIR", help="exported model folder (config.json + ONNX graphs)")
+    parser.add_argument("--model", metavar="DIR", help="exported model folder (config.json + ONNX graphs); "
+                        "default: the shipped model in musebot/assets/model")
     parser.add_argument("--answer", choices=("model", "echo"),
-                        help="who answers: the model (default with --model) or echo (plays the call back)")
+                        help="who answers: the model (default) or echo (plays the call back)")
     parser.add_argument("--bpm", type=float, default=defaults.bpm,
                         help="tempo that maps seconds to the model's beat grid (default %(default)s)")
     parser.add_argument("--soundfont", metavar="SF2", help="SoundFont for FluidSynth (default: soundfonts/, "
@@ -188,6 +189,14 @@ def band_from_args(args: argparse.Namespace):
     return band
 
 
+def use_shipped_model(args: argparse.Namespace) -> None:
+    """No --model and no --answer echo: the model that ships with musebot answers, when it is installed."""
+    from musebot.engine.generate import DEFAULT_MODEL_DIR
+
+    if args.model is None and args.answer != "echo" and (DEFAULT_MODEL_DIR / "config.json").is_file():
+        args.model = str(DEFAULT_MODEL_DIR)
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     def cc(value: int | None) -> int | None:
         if value is None or value < 0:
@@ -236,6 +245,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from musebot.realtime.errors import RealtimeError
 
     config = config_from_args(args)
+    use_shipped_model(args)
     try:
         band = band_from_args(args)
     except ValueError as exc:
@@ -285,7 +295,9 @@ def run_fit_roles(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from musebot.realtime.demo import run_demo as demo
 
-    return demo(config_from_args(args), args)
+    config = config_from_args(args)
+    use_shipped_model(args)
+    return demo(config, args)
 
 
 def run_bench(args: argparse.Namespace) -> int:
