@@ -21,7 +21,7 @@ NO_JACK = {"JACK_DEFAULT_SERVER": "musebot-no-such-server", "JACK_NO_START_SERVE
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mode", "accompany"], "--mode accompany needs --model DIR"),
+        (["--mode", "accompany", "--model", "/nonexistent"], "no config.json here"),
         (["--mode", "accompany", "--parts", "bass,tuba", "--model", "x"], "unknown part 'tuba'"),
         (["--mode", "looper", "--parts", "drums"], "may name only those"),
         (["--mode", "looper", "--meter", "4/5"], "--meter 4/5"),

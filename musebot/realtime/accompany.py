@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from musebot.engine.masks import DRUM_CHANNEL
 from musebot.realtime import midi
 from musebot.realtime.band import MUSICIAN_TRACK, PART_TAG, STEPS, Band, BandConfig
 from musebot.realtime.clock import now
@@ -36,6 +37,7 @@ from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import LiveSettings, PartMasks, PartsConfigError
 from musebot.realtime.outputs import Output
 from musebot.realtime.scheduler import Scheduler
+from musebot.realtime.worker import KeyFollower
 
 if TYPE_CHECKING:
     from musebot.engine.engine import Engine
@@ -83,6 +85,11 @@ class Accompanist(Band):
         self._rows: list[list[int]] = []  # rows in the engine after BOS (context, then plan)
         self._plan: list[_Item] = []  # planned, not fixed (part notes and guesses of the musician)
         self._plan_rows = 0  # how many of _rows are plan
+        # A model trained in C major / A minor ("key_normalised") hears the session moved to C, and its notes
+        # are moved back: ``shift`` semitones from the musician's pitches to the model's.
+        self.key_follower = KeyFollower() if engine.config.get("key_normalised") else None
+        self._guessed = False  # the latest planned event guessed the musician
+        self.shift = 0
         self._mask_cache: dict[tuple, PartMasks] = {}  # by (pitch classes, tracks): key changes come back
         self.degraded = False
         self.plan_stats = {"replans": 0, "events": 0, "guess_hits": 0, "guess_misses": 0, "compute_s": 0.0,
@@ -225,6 +232,14 @@ class Accompanist(Band):
         step = max(0, round(beat * STEPS))
         if pitch in self._held:
             self._musician_off(beat, pitch)
+        if self.key_follower is not None:
+            self.key_follower.hear(beat, pitch)
+            if self.key_follower.shift != self.shift:
+                # The whole context is re-read in the new transposition at the next sync (one prefill).
+                log.info("accompany: the musician's key moved; the model now hears %+d semitones",
+                         self.key_follower.shift)
+                self.shift = self.key_follower.shift
+                self._drop_plan()
         item = _Item(step, MUSICIAN_TRACK, 0, pitch, velocity, STEPS)
         self._held[pitch] = item
         _insert(self.committed, item)
@@ -280,22 +295,39 @@ class Accompanist(Band):
     def _masks_now(self) -> PartMasks:
         classes = self.pitch_classes()
         tracks = dict(self.tracks)
-        if self.degraded:
-            del tracks[MUSICIAN_TRACK]  # no more guessing of the musician: half the events to sample
-        key = (classes, tuple(sorted(tracks)))
+        if self.degraded or self._guessed:
+            # Degraded: no more guessing of the musician (half the events to sample). Otherwise a guess is
+            # followed by a part note: a model that mostly saw one track would go on guessing the musician.
+            del tracks[MUSICIAN_TRACK]
+        key = (classes, tuple(sorted(tracks)), self.shift)
         if key not in self._mask_cache:
-            registers = {p.channel: (p.low, p.high) for p in self.parts}
+            # In the model's frame: registers and pitch classes moved by the key-normalising shift.
+            shift = self.shift
+            registers = {p.channel: (min(127, max(0, p.low + shift)), min(127, max(0, p.high + shift)))
+                         for p in self.parts}
+
+            def moved(pcs: frozenset[int] | None) -> frozenset[int] | None:
+                return pcs and frozenset((c + shift) % 12 for c in pcs)
+
             try:
-                masks = PartMasks(self.engine.vocab, tracks, registers, classes,
+                masks = PartMasks(self.engine.vocab, tracks, registers, moved(classes),
                                   max_time_gap=2 * STEPS, max_duration=4 * STEPS)
             except PartsConfigError:
                 # A narrow register holds none of the few classes a key change leaves: the whole key then.
-                masks = PartMasks(self.engine.vocab, tracks, registers, self.key_tracker.scale(),
+                masks = PartMasks(self.engine.vocab, tracks, registers, moved(self.key_tracker.scale()),
                                   max_time_gap=2 * STEPS, max_duration=4 * STEPS)
             if len(self._mask_cache) > 256:
                 self._mask_cache.clear()
             self._mask_cache[key] = masks
         return self._mask_cache[key]
+
+    def _to_model(self, pitch: int, channel: int, back: bool = False) -> int:
+        """A melodic pitch moved into the model's frame (or ``back`` out of it); drums stay."""
+        if channel == DRUM_CHANNEL or not self.shift:
+            return pitch
+        moved = pitch - self.shift if back else pitch + self.shift
+        # The shift is under an octave: a pitch pushed off the MIDI range comes back by one octave.
+        return moved - 12 if moved > 127 else moved + 12 if moved < 0 else moved
 
     def _encode(self, items: Sequence[_Item], beat: int) -> list[list[int]]:
         """Rows of ``items`` (step order) after a row at ``beat``; sets ``_last_step`` to the last row's step."""
@@ -306,7 +338,8 @@ class Accompanist(Band):
             b = max(b, beat)
             # time1 has 128 values: a longer silence is shortened to 127 beats (the model never sees more).
             row = self.tokenizer.event_to_row(["note", min(b - beat, 127), t2, item.track, item.channel,
-                                               item.pitch, item.velocity, min(item.duration, 2047)])
+                                               self._to_model(item.pitch, item.channel), item.velocity,
+                                               min(item.duration, 2047)])
             if row is not None:
                 rows.append(row)
                 beat = b
@@ -327,6 +360,7 @@ class Accompanist(Band):
             self.engine.append(np.asarray(rows[common:], np.int64))
         self._rows = rows
         self._plan_rows = 0
+        self._guessed = False
         self._plan = []
         self._rng = np.random.default_rng([self.config.seed, len(self.committed)])
 
@@ -346,12 +380,14 @@ class Accompanist(Band):
             self.engine.rollback(self.engine.n_events - 1)
             return
         _, time1, time2, track, channel, pitch, velocity, duration = event
+        pitch = self._to_model(pitch, channel, back=True)
         step = max((prev_beat + time1) * STEPS + time2, previous)
         part = self.part_of_channel.get(channel) if track != MUSICIAN_TRACK else None
         item = _Item(step, track, channel, pitch, velocity, max(1, duration), part.name if part else None)
         self._rows.append(row)
         self._last_step = step
         self._plan_rows += 1
+        self._guessed = part is None
         # Sampled for a moment already (nearly) past: a part note is stale, never fixed (so never dropped nor
         # late); a guess can neither match nor be missed. Both stay in the context until the next re-plan.
         late = step < self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
