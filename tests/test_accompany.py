@@ -175,3 +175,20 @@ def test_bad_band_settings_are_refused_with_the_flag_named(model_dir, scheduler)
     with pytest.raises(RealtimeError, match="needs --model"):
         make_band(ServeConfig(), BandConfig(), scheduler, [MemoryOutput()], None)
 
+
+
+def test_the_shipped_key_normalised_model_accompanies_f_sharp_major_in_f_sharp_major(scheduler):
+    from musebot.engine.generate import DEFAULT_MODEL_DIR
+
+    # The shipped model was trained in C major / A minor: it hears the session moved to C (-6 semitones for
+    # F#) and its notes are moved back, so the parts sound in the musician's key.
+    out = MemoryOutput()
+    band = make_band(ServeConfig(bpm=BPM, seed=5), BandConfig(parts=["bass", "chords"]), scheduler, [out],
+                     str(DEFAULT_MODEL_DIR))
+    assert band.engine.config.get("key_normalised")
+    perform(band, melody(F_SHARP_MELODY * 3, 0.0), until_beat=12.0)
+    sent = finish(band, scheduler, out)
+    assert band.shift == -6
+    notes = part_notes(sent, 1) + part_notes(sent, 2)
+    assert len(notes) >= 8  # a guess of the musician is always followed by a part note
+    assert all(m[1] % 12 in KeyLock.parse("F# major").pitch_classes() for m in notes)

@@ -93,7 +93,7 @@ class Accompanist(Band):
         self._mask_cache: dict[tuple, PartMasks] = {}  # by (pitch classes, tracks): key changes come back
         self.degraded = False
         self.plan_stats = {"replans": 0, "events": 0, "guess_hits": 0, "guess_misses": 0, "compute_s": 0.0,
-                           "behind": 0}
+                           "behind": 0, "capped": 0}
         self._last_step = 0  # grid step of the last row in the engine (context or plan)
         self._rng = np.random.default_rng(config.seed)
         self._stopped_seen = False
@@ -391,10 +391,18 @@ class Accompanist(Band):
         # Sampled for a moment already (nearly) past: a part note is stale, never fixed (so never dropped nor
         # late); a guess can neither match nor be missed. Both stay in the context until the next re-plan.
         late = step < self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
-        if not late:
+        if part is not None and self._crowded(item, part.polyphony):
+            self.plan_stats["capped"] += 1  # the part's polyphony is full at that onset: not played
+        elif not late:
             self._plan.append(item)
         elif part is not None:
             self.telemetry.stale += 1
+
+    def _crowded(self, item: _Item, polyphony: int) -> bool:
+        """Whether the part already strikes ``polyphony`` notes, or this pitch, at the item's onset."""
+        same = [i for i in self._plan if i.part == item.part and i.step == item.step]
+        same += [i for i in self.committed[-16:] if i.part == item.part and i.step == item.step]
+        return len(same) >= polyphony or any(i.pitch == item.pitch for i in same)
 
     def _check_pace(self, playhead: float) -> None:
         """Degrade when the plan does not reach past the commit horizon; recover when it is well ahead."""

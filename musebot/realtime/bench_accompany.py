@@ -218,7 +218,7 @@ def _figures(args, model, server, band, sends, plan, keys_heard, musician_sent) 
             "events": stats["events"], "compute_s": round(stats["compute_s"], 2),
             "headroom": round(music_s / stats["compute_s"], 2) if stats["compute_s"] else None,
             "replans": stats["replans"], "guess_hits": stats["guess_hits"], "guess_misses": stats["guess_misses"],
-            "fell_behind": stats["behind"],
+            "fell_behind": stats["behind"], "polyphony_capped": stats["capped"],
         },
     }
 

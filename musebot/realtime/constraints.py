@@ -52,6 +52,7 @@ class PartConfig:
     low: int
     high: int
     density: float = 1.0  # share of the planned notes that sound (0..1)
+    polyphony: int = 4  # most notes of the part struck together
     velocity_scale: float = 1.0
     mute: bool = False
     solo: bool = False
@@ -65,6 +66,8 @@ class PartConfig:
             raise PartsConfigError(f"part {self.name}: program must be 0..127, got {self.program}")
         if not 0 <= self.low <= self.high <= 127:
             raise PartsConfigError(f"part {self.name}: register needs 0 <= low <= high <= 127")
+        if not 1 <= self.polyphony <= 16:
+            raise PartsConfigError(f"part {self.name}: polyphony must be 1..16, got {self.polyphony}")
         if not 0.0 <= self.density <= 1.0:
             raise PartsConfigError(f"part {self.name}: density must be 0..1, got {self.density}")
         if not 0.0 <= self.velocity_scale <= 2.0:
@@ -76,9 +79,9 @@ class PartConfig:
 
 # GM programs: fingered bass, electric piano, flute, drum kit (channel 10), warm pad.
 DEFAULT_PARTS = {
-    "bass": PartConfig("bass", "bass", 1, 33, 28, 55),
+    "bass": PartConfig("bass", "bass", 1, 33, 28, 55, polyphony=1),
     "chords": PartConfig("chords", "chords", 2, 4, 48, 79),
-    "melody": PartConfig("melody", "melody", 3, 73, 60, 96),
+    "melody": PartConfig("melody", "melody", 3, 73, 60, 96, polyphony=1),
     "drums": PartConfig("drums", "drums", DRUM_CHANNEL, 0, 35, 81),
     "pad": PartConfig("pad", "pad", 4, 89, 48, 84),
 }

@@ -184,7 +184,8 @@ class Looper(Band):
         bar_beats = self.timebase.meter.bar_beats
         notes = self._bar_notes(bar, beat)
         start = self.timebase.bar_start(bar)
-        self._notes = [n for n in self._notes if n[0] >= start + bar_beats]
+        # The model's context reaches back CONTEXT_BARS bars; older notes go.
+        self._notes = [n for n in self._notes if n[0] >= start + bar_beats * (1 - CONTEXT_BARS)]
         self.counts["bars"] += 1
         if self.frozen or not notes:
             return
@@ -339,13 +340,19 @@ class BarGenerator:
         tb = looper.timebase
         start = tb.bar_start(bar)
         end = start + tb.meter.bar_beats
-        rows = self._context(start)
         engine = self.engine
+        # A model trained in C major / A minor ("key_normalised") hears the bar moved to C, and plays back.
+        tonic = looper.key_tracker.tonic
+        shift = (6 - tonic) % 12 - 6 if engine.config.get("key_normalised") and tonic is not None else 0
+        rows = engine.vocab.transpose_rows(np.asarray(self._context(start), np.int64), shift)
         engine.reset()
-        engine.append([engine.vocab.special_row(engine.vocab.bos_id)] + rows)
+        engine.append(np.concatenate([[engine.vocab.special_row(engine.vocab.bos_id)], rows]))
         tracks = {self.track_of[p.name]: p.channel for p in parts}
-        masks = PartMasks(engine.vocab, tracks, {p.channel: (p.low, p.high) for p in parts},
-                          looper.pitch_classes(), max_time_gap=2 * STEPS, max_duration=4 * STEPS)
+        classes = looper.pitch_classes()
+        masks = PartMasks(engine.vocab, tracks,
+                          {p.channel: (max(0, p.low + shift), min(127, p.high + shift)) for p in parts},
+                          classes and frozenset((c + shift) % 12 for c in classes),
+                          max_time_gap=2 * STEPS, max_duration=4 * STEPS)
         part_of = {p.channel: p for p in parts}
         rng = np.random.default_rng([looper.config.seed, bar])
         beat = self._last_beat
@@ -362,6 +369,7 @@ class BarGenerator:
                 engine.rollback(engine.n_events - 1)
                 continue
             _, time1, time2, _track, channel, pitch, velocity, duration = event
+            pitch -= shift
             beat += time1
             step = max(beat * STEPS + time2, step)
             onset = step / STEPS
