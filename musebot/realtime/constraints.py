@@ -21,7 +21,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
 
 from musebot.engine.masks import DRUM_CHANNEL, Constraints, MaskTable
 from musebot.tokenizers.vocab import Vocabulary
