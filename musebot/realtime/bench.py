@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import threading
 import time
 
@@ -258,15 +257,7 @@ def run_realtime_bench(args: argparse.Namespace) -> dict:
     """Run every measurement; returns the figures (``musebot bench-realtime`` prints them as JSON)."""
     if args.notes < 1000:
         raise ValueError("--notes must be at least 1000")
-    server = getattr(args, "jack_server", None)
-    process = None
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    os.environ["JACK_NO_START_SERVER"] = "1"
-    if server is None:
-        server = f"musebot-bench-{os.getpid()}"
-        process = ports.start_dummy_jack(server)
-    os.environ["JACK_DEFAULT_SERVER"] = server
-    try:
+    with ports.benchmark_jack(getattr(args, "jack_server", None), "musebot-bench") as server:
         figures = {
             "jack": {"server": server, "driver": "dummy", "rate": 48000, "period": 64, "hop_ms": 1.333},
             "scheduling": bench_scheduling(args.notes),
@@ -278,12 +269,3 @@ def run_realtime_bench(args: argparse.Namespace) -> dict:
         else:
             figures["generation"] = "no --model given: pass an exported model folder to measure headroom"
         return figures
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(5)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -126,21 +126,19 @@ def key_follow(plan: list[tuple[float, int, int]], part_ons: list[tuple[float, i
 
 def run_accompany_bench(args: argparse.Namespace) -> dict:
     """The whole benchmark (module docstring); returns the figures."""
+    if not 0.05 <= args.minutes <= 120:
+        raise ValueError("--minutes must be 0.05..120")
+    model = args.model or _shipped_model()
+    with ports.benchmark_jack(args.jack_server, "musebot-bench-accompany") as server:
+        return _measure(args, model, server)
+
+
+def _measure(args: argparse.Namespace, model, server: str) -> dict:
+    """A daemon in accompany mode against the musician process, on the JACK server ``server``."""
     from musebot.realtime.band import BandConfig
     from musebot.realtime.config import ServeConfig
     from musebot.realtime.daemon import Daemon, ServeOptions
 
-    if not 0.05 <= args.minutes <= 120:
-        raise ValueError("--minutes must be 0.05..120")
-    model = args.model or _shipped_model()
-    server = args.jack_server
-    process = None
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    os.environ["JACK_NO_START_SERVER"] = "1"
-    if server is None:
-        server = f"musebot-bench-accompany-{os.getpid()}"
-        process = ports.start_dummy_jack(server)
-    os.environ["JACK_DEFAULT_SERVER"] = server
     daemon = None
     try:
         parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -172,14 +170,6 @@ def run_accompany_bench(args: argparse.Namespace) -> dict:
     finally:
         if daemon is not None:
             daemon.close()
-        if process is not None:
-            process.terminate()
-            process.wait(5)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _figures(args, model, server, band, sends, plan, keys_heard, musician_sent) -> dict:

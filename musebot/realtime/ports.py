@@ -8,6 +8,7 @@ prints nothing); libjack is told never to start a server on its own (``JACK_NO_S
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -106,6 +107,31 @@ def start_dummy_jack(server: str, rate: int = 48000, period: int = 64, timeout: 
             raise NoMidiSystemError(f"jackd -n {server} -d dummy did not start")
         time.sleep(0.05)
     return process
+
+
+@contextlib.contextmanager
+def benchmark_jack(server: str | None, prefix: str):
+    """The JACK server a benchmark talks to: ``server`` when given (already running), else a private dummy
+    one named ``prefix-PID`` for the duration. JACK clients made inside connect to it alone (the
+    environment names it and forbids starting another); the environment is restored on the way out."""
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    process = None
+    try:
+        if server is None:
+            server = f"{prefix}-{os.getpid()}"
+            process = start_dummy_jack(server)
+        os.environ["JACK_DEFAULT_SERVER"] = server
+        yield server
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(5)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def alsa_seq_available() -> bool:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import time
 
 from musebot.realtime import midi, ports
@@ -148,23 +147,6 @@ def bench_paths(rounds: int) -> dict:
 
 def run_ws_bench(args: argparse.Namespace) -> dict:
     """Start a private JACK server (unless ``--jack-server``), measure both paths, stop it."""
-    server = getattr(args, "jack_server", None)
-    process = None
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    os.environ["JACK_NO_START_SERVER"] = "1"
-    if server is None:
-        server = f"musebot-bench-ws-{os.getpid()}"
-        process = ports.start_dummy_jack(server)
-    os.environ["JACK_DEFAULT_SERVER"] = server
-    try:
+    with ports.benchmark_jack(getattr(args, "jack_server", None), "musebot-bench-ws") as server:
         return {"jack": {"server": server, "driver": "dummy", "rate": 48000, "period": 64},
                 "ws_vs_midi": bench_paths(getattr(args, "rounds", 100))}
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(5)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
