@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := jackd2 libfluidsynth3 timgm6mb-soundfont chromium
 ARGS ?=
+# make run: the MIDI ports (when there is a MIDI system), FluidSynth audio and the page at http://127.0.0.1:8765/
+RUN_ARGS ?= --output virtual --output fluidsynth --port 8765
 
 .PHONY: run test system venv bench lint clean model
 
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: system venv
-	$(VENV)/bin/musebot serve $(ARGS)
+	$(VENV)/bin/musebot serve $(RUN_ARGS) $(ARGS)
 
 test: system venv
 	$(PY) -m pytest -q $(ARGS)
