@@ -271,17 +271,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_bench_accompany(args: argparse.Namespace) -> int:
-    import json
-
     from musebot.realtime.bench_accompany import run_accompany_bench
 
-    figures = run_accompany_bench(args)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as handle:
-            handle.write(text + "\n")
-    return 0
+    return _report(run_accompany_bench(args), args.json)
 
 
 def run_fit_roles(args: argparse.Namespace) -> int:
@@ -301,8 +293,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import json
-
     from musebot.realtime.bench import run_realtime_bench
 
     if args.ws:
@@ -311,9 +301,16 @@ def run_bench(args: argparse.Namespace) -> int:
         figures = run_ws_bench(args)
     else:
         figures = run_realtime_bench(args)
+    return _report(figures, args.json)
+
+
+def _report(figures: dict, path: str | None) -> int:
+    """A benchmark's figures as JSON on stdout, and in ``path`` when given."""
+    import json
+
     text = json.dumps(figures, indent=2)
     print(text)
-    if args.json:
-        with open(args.json, "w") as handle:
+    if path:
+        with open(path, "w") as handle:
             handle.write(text + "\n")
     return 0
