@@ -220,6 +220,12 @@ def read_config(path: str | Path) -> dict:
 SURPRISE_NOTES = 16
 
 
+def shift_to_c(tonic: int | None) -> int:
+    """Semitones (-6..+5, the least register change) that move the major key on ``tonic`` (and its relative
+    minor) to C major / A minor, the key of a ``key_normalised`` model; 0 while no key is known."""
+    return 0 if tonic is None else (6 - tonic) % 12 - 6
+
+
 class KeyTracker:
     """The key of the musician's recent notes, and the pitch classes the parts may use meanwhile.
 

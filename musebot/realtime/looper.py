@@ -36,7 +36,7 @@ from musebot.realtime import midi
 from musebot.realtime.band import MUSICIAN_TRACK, STEPS, Band, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.constraints import LiveSettings, PartConfig, PartMasks
+from musebot.realtime.constraints import LiveSettings, PartConfig, PartMasks, shift_to_c
 from musebot.realtime.outputs import Output
 from musebot.realtime.roles import ROLES, BarNote, RoleClassifier, split_roles
 from musebot.realtime.scheduler import Scheduler
@@ -343,7 +343,7 @@ class BarGenerator:
         engine = self.engine
         # A model trained in C major / A minor ("key_normalised") hears the bar moved to C, and plays back.
         tonic = looper.key_tracker.tonic
-        shift = (6 - tonic) % 12 - 6 if engine.config.get("key_normalised") and tonic is not None else 0
+        shift = shift_to_c(tonic) if engine.config.get("key_normalised") else 0
         rows = engine.vocab.transpose_rows(np.asarray(self._context(start), np.int64), shift)
         engine.reset()
         engine.append(np.concatenate([[engine.vocab.special_row(engine.vocab.bos_id)], rows]))

@@ -33,7 +33,7 @@ import numpy as np
 from musebot.realtime.answers import Answerer, AnswerSlot
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.constraints import KeyTracker
+from musebot.realtime.constraints import KeyTracker, shift_to_c
 
 if TYPE_CHECKING:
     from musebot.engine.engine import Engine
@@ -71,8 +71,7 @@ class KeyFollower:
 
     @property
     def shift(self) -> int:
-        tonic = self.tracker.tonic
-        return 0 if tonic is None else (6 - tonic) % 12 - 6
+        return shift_to_c(self.tracker.tonic)
 
 
 @dataclass
