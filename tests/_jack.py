@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import pytest
 
 from musebot.realtime.clock import now
+from musebot.realtime.io.poller import MidiPoller
 from musebot.realtime.ports import start_dummy_jack
 
 JACKD = shutil.which("jackd")
@@ -83,6 +84,7 @@ class Musician:
         self.heard: list[tuple[float, tuple[int, ...]]] = []
         self._lock = threading.Lock()
         self.ear = None
+        self._poller = None
         if listen_to:
             self.listen(listen_to)
         if play_to:
@@ -91,12 +93,13 @@ class Musician:
     def listen(self, port: str) -> None:
         self.ear = self._rtmidi.MidiIn(self._rtmidi.API_UNIX_JACK, name="tester-ear")
         self.ear.ignore_types(sysex=False, timing=False, active_sense=False)
-        self.ear.set_callback(self._hear)
         self.ear.open_port(wait_for_port(self.ear, port), "in")
+        # Polled from a thread of ours: a callback would run on JACK's thread, which closing cancels.
+        self._poller = MidiPoller(self.ear, self._hear, "tester-ear")
 
-    def _hear(self, event, _data) -> None:
+    def _hear(self, t: float, message: list[int]) -> None:
         with self._lock:
-            self.heard.append((now(), tuple(event[0])))
+            self.heard.append((t, tuple(message)))
 
     def connect_keyboard(self, port: str) -> None:
         self.keyboard = self._rtmidi.MidiOut(self._rtmidi.API_UNIX_JACK, name="tester-play")
@@ -142,8 +145,10 @@ class Musician:
 
     def close(self) -> None:
         self.unplug()
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller = None
         if self.ear is not None:
-            self.ear.cancel_callback()
             self.ear.close_port()
             self.ear.delete()
             self.ear = None

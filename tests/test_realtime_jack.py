@@ -18,6 +18,7 @@ import pytest
 
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.daemon import Daemon, ServeOptions
+from musebot.realtime.io.poller import MidiPoller
 from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
 
 pytestmark = [pytest.mark.jack, requires_jackd]
@@ -242,11 +243,15 @@ def test_a_named_output_that_vanishes_is_released_and_reconnected_when_it_return
                 time.sleep(0.05)
             assert "output port 'tester-synth:in' is back: reconnected" in caplog.text
         heard = []
-        synth.set_callback(lambda event, _: heard.append(tuple(event[0])))
-        keyboard.play(PHRASE)
-        end = time.monotonic() + 3
-        while sum(1 for m in heard if m[0] & 0xF0 == 0x90 and m[2]) < len(PHRASE) and time.monotonic() < end:
-            time.sleep(0.02)
+        poller = MidiPoller(synth, lambda _t, message: heard.append(tuple(message)), "tester-synth")
+        try:
+            keyboard.play(PHRASE)
+            end = time.monotonic() + 3
+            while (sum(1 for m in heard if m[0] & 0xF0 == 0x90 and m[2]) < len(PHRASE)
+                   and time.monotonic() < end):
+                time.sleep(0.02)
+        finally:
+            poller.stop()
         assert [m[1] for m in heard if m[0] & 0xF0 == 0x90 and m[2]] == [p for p, _ in PHRASE]
     finally:
         keyboard.close()
@@ -264,7 +269,9 @@ def test_an_error_in_the_listener_panics_and_the_daemon_keeps_serving(daemon, mu
     answerer.start_answer = broken
     with caplog.at_level(logging.ERROR, logger="musebot.realtime.daemon"):
         musician.play(PHRASE[:1])
-        time.sleep(0.1)
+        deadline = time.monotonic() + 3  # the phrase ends after the silence, later on a loaded machine
+        while "listener: error while handling" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
     assert "listener: error while handling" in caplog.text
     assert daemon.duet.counts["panics"] >= 1
     answerer.start_answer = original

@@ -28,6 +28,7 @@ from musebot.realtime import midi, ports
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.errors import NoMidiSystemError
+from musebot.realtime.io.poller import MidiPoller
 from musebot.realtime.outputs import RtMidiOutput
 from musebot.realtime.scheduler import Scheduler
 
@@ -53,8 +54,8 @@ class _Probe:
         self.heard: list[tuple[float, tuple[int, ...]]] = []
         self._lock = threading.Lock()
         self.ear = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="bench-ear")
-        self.ear.set_callback(self._hear)
         self.ear.open_port(self._find(self.ear, listen_to), "in")
+        self._poller = MidiPoller(self.ear, self._hear, "bench-ear")
         self.key = None
         if play_to:
             self.key = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="bench-key")
@@ -70,10 +71,9 @@ class _Probe:
             time.sleep(0.02)
         raise NoMidiSystemError(f"JACK port {name!r} did not appear")
 
-    def _hear(self, event, _data) -> None:
-        t = now()
+    def _hear(self, t: float, message: list[int]) -> None:
         with self._lock:
-            self.heard.append((t, tuple(event[0])))
+            self.heard.append((t, tuple(message)))
 
     def send(self, msg: tuple[int, ...]) -> float:
         t = now()
@@ -85,6 +85,7 @@ class _Probe:
             return [(t, m) for t, m in self.heard if midi.is_note_on(m)]
 
     def close(self) -> None:
+        self._poller.stop()
         for client in (self.ear, self.key):
             if client is not None:
                 client.close_port()

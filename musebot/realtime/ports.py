@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musebot.realtime.clock import now
+from musebot.realtime.io.poller import MidiPoller
 from musebot.realtime.errors import NoMidiSystemError, PortNotFoundError
 from musebot.realtime.outputs import find_port
 
@@ -196,7 +197,8 @@ def list_ports(names: tuple[str, ...] = API_CHOICES) -> list[PortList]:
 
 
 class RtMidiInput:
-    """An input port whose callback only timestamps and enqueues (python-rtmidi's real-time pattern).
+    """An input port read by a :class:`~musebot.realtime.io.poller.MidiPoller` that only timestamps and
+    enqueues (no callback runs on the MIDI system's thread, so closing is safe at any moment).
 
     ``port=None`` makes a virtual port others connect to; a name connects to that existing output port.
     When the bounded queue is full the message is dropped and counted: a flood must not grow memory or
@@ -211,15 +213,16 @@ class RtMidiInput:
         self.overflows = 0
         self.connected_to: str | None = None
         self._midi_in = None
+        self._poller: MidiPoller | None = None
         self.open()
 
     @property
     def name(self) -> str:
         return f"{self.client_name}:in" if self.port is None else self.port
 
-    def _callback(self, event: tuple, _data: object) -> None:
+    def _enqueue(self, t: float, message: list[int]) -> None:
         try:
-            self.queue.put_nowait((now(), event[0]))
+            self.queue.put_nowait((t, message))
         except queue.Full:
             self.overflows += 1
 
@@ -230,7 +233,6 @@ class RtMidiInput:
         midi_in = rtmidi.MidiIn(self.api, name=self.client_name, queue_size_limit=4096)
         # Sysex, MIDI clock and active sensing never reach the listener (they carry nothing it uses).
         midi_in.ignore_types(sysex=True, timing=True, active_sense=True)
-        midi_in.set_callback(self._callback)
         if self.port is None:
             midi_in.open_virtual_port("in")
         else:
@@ -245,6 +247,7 @@ class RtMidiInput:
             midi_in.open_port(index, "in")
             self.connected_to = names[index]
         self._midi_in = midi_in
+        self._poller = MidiPoller(midi_in, self._enqueue, self.name)
 
     def source_present(self) -> bool:
         """For a named port: whether the port it reads from still exists (always True for virtual)."""
@@ -256,9 +259,11 @@ class RtMidiInput:
             return False
 
     def close(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller = None
         if self._midi_in is not None:
             try:
-                self._midi_in.cancel_callback()
                 self._midi_in.close_port()
                 self._midi_in.delete()
             except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly

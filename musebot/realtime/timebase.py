@@ -411,21 +411,22 @@ class Metronome:
 
 class ClockInput:
     """An input port that reads only MIDI clock into a :class:`ClockFollower` (``musebot-clock:in``, or a
-    connection to a named output port). The callback does the follower's few arithmetic steps at once:
-    the tick's arrival time is the measurement, so it must not wait in a queue."""
+    connection to a named output port). Read by a poller thread of ours (no callback on JACK's thread);
+    the arrival times come from RtMidi's per-message deltas, so the follower measures the sender's spacing
+    rather than the polling interval."""
 
     def __init__(self, api: int, follower: ClockFollower, port: str | None = None,
                  client_name: str = "musebot-clock") -> None:
         import rtmidi
 
         from musebot.realtime.errors import PortNotFoundError
+        from musebot.realtime.io.poller import MidiPoller
         from musebot.realtime.outputs import find_port
 
         self.follower = follower
         self._lock = threading.Lock()
-        self._midi_in = rtmidi.MidiIn(api, name=client_name)
+        self._midi_in = rtmidi.MidiIn(api, name=client_name, queue_size_limit=4096)
         self._midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
-        self._midi_in.set_callback(self._callback)
         if port is None:
             self._midi_in.open_virtual_port("in")
             self.name = f"{client_name}:in"
@@ -438,20 +439,15 @@ class ClockInput:
                                         f"{', '.join(names) or 'none'} (list them with `musebot ports`)")
             self._midi_in.open_port(index, "in")
             self.name = names[index]
+        self._poller = MidiPoller(self._midi_in, self._handle, self.name)
 
-    def _callback(self, event: tuple, _data: object) -> None:
-        from musebot.realtime.clock import now
-
-        t = now()
+    def _handle(self, t: float, message: list[int]) -> None:
         with self._lock:
-            try:
-                self.follower.handle(t, event[0])
-            except Exception:  # a malformed message must not kill rtmidi's thread
-                log.exception("clock input: cannot handle %r", event[0])
+            self.follower.handle(t, message)
 
     def close(self) -> None:
+        self._poller.stop()
         try:
-            self._midi_in.cancel_callback()
             self._midi_in.close_port()
             self._midi_in.delete()
         except Exception as exc:  # noqa: BLE001

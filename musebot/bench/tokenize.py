@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference" / "midi"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "tests" / "data" / "reference" / "midi"
 
 
 def _timed(fn, repeats: int) -> list[float]:

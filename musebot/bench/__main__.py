@@ -1,0 +1,5 @@
+import sys
+
+from musebot.bench.tokenize import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""Reading an rtmidi input from a thread of ours, never from a callback on JACK's real-time thread.
+
+python-rtmidi runs a Python callback on the MIDI system's thread (JACK's real-time process thread).
+Closing the client cancels that thread; if it was holding the interpreter lock or was half-way through
+reference counting, the process hangs or its heap is corrupted (a segfault later). So musebot installs no
+callback: :class:`MidiPoller` pulls ``get_message()`` from its own thread, which it stops and joins before
+the port is closed.
+
+Arrival times: RtMidi gives each message the time since the previous one (``delta``, measured by the MIDI
+system when the message arrived). The poller chains those deltas, and clamps each estimate between the
+last moment it saw the queue empty and now, so a burst keeps its exact spacing and no estimate is ever off
+by more than one poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from musebot.realtime.clock import now
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.0005  # half a millisecond: well inside the 1 ms jitter budget, a few % of one core
+
+
+class MidiPoller:
+    """Pulls messages from an rtmidi ``MidiIn`` and hands ``(arrival time, message)`` to ``handle``.
+
+    ``handle`` runs on the poller's thread and must be quick (enqueue, or a few arithmetic steps). An
+    exception in it is logged and the message skipped: a malformed message must not stop the input.
+    """
+
+    def __init__(self, midi_in, handle: Callable[[float, list[int]], None], name: str,
+                 interval_s: float = POLL_INTERVAL_S) -> None:
+        self._midi_in = midi_in
+        self._handle = handle
+        self.name = name
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"midi-in {name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        get_message = self._midi_in.get_message
+        empty_at = now()  # the last moment the queue was seen empty: nothing waiting arrived before it
+        previous: float | None = None
+        while not self._stop.is_set():
+            try:
+                item = get_message()
+            except Exception as exc:  # noqa: BLE001 - a client of a dead server: wait for the reopen
+                log.debug("polling %s: %s", self.name, exc)
+                item = None
+            if item is None:
+                empty_at = now()
+                time.sleep(self.interval_s)
+                continue
+            message, delta = item
+            t_now = now()
+            t = t_now if previous is None else previous + max(float(delta), 0.0)
+            t = min(max(t, empty_at), t_now)
+            previous = t
+            try:
+                self._handle(t, message)
+            except Exception:
+                log.exception("input %s: cannot handle %r", self.name, message)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop and join the thread; afterwards nothing of ours touches the port, so it can be closed."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
