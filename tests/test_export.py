@@ -177,11 +177,15 @@ def test_fp16_export_runs_and_is_close(reference_dir, reference, tmp_path):
 def test_cli_exports_and_reports_bad_input_in_one_line(sky_dir, tmp_path, capsys):
     from musebot.cli import main
 
-    assert main(["export", str(sky_dir), "--out", str(tmp_path / "out"), "--int8", "--also-fp16"]) == 0
+    assert main(["export", str(sky_dir), "--out", str(tmp_path / "out"), "--precision", "int8,fp16"]) == 0
     figures = json.loads(capsys.readouterr().out)
-    assert figures["main"]["precision"] == "int8" and figures["fp16"]["precision"] == "fp16"
-    assert (tmp_path / "out" / BASE_FILE).is_file() and (tmp_path / "out" / "fp16" / TOKEN_FILE).is_file()
+    assert figures["int8"]["precision"] == "int8" and figures["fp16"]["precision"] == "fp16"
+    assert figures["int8"]["verified"] is True
+    assert (tmp_path / "out" / "int8" / BASE_FILE).is_file() and (tmp_path / "out" / "fp16" / TOKEN_FILE).is_file()
+    assert not (tmp_path / "out" / BASE_FILE).exists()  # no fp32 asked for: no reference pair
 
+    assert main(["export", str(sky_dir), "--out", str(tmp_path / "y"), "--precision", "int3"]) == 2
+    assert "--precision" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "no model at" in capsys.readouterr().err
     assert main(["export", str(sky_dir), "--out", str(tmp_path / "x"), "--config", "tv2o-small"]) == 2

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,156 +25,23 @@ import numpy as np
 import onnxruntime as ort
 
 from musebot.engine.masks import Constraints, MaskTable, time2_of
+from musebot.engine.precision import (
+    BASE_GRAPH,
+    CONFIG_FILE,
+    PRECISIONS,
+    TOKEN_GRAPH,
+    choose_precision,
+    model_root,
+)
+from musebot.engine.runners import BoundRunner, CpuRunner, ModelLoadError, session_options
 from musebot.engine.sampling import Rng, SamplerSettings, candidates, choose, draw_uniform, sample_one
 from musebot.tokenizers.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-BASE_GRAPH, TOKEN_GRAPH, CONFIG_FILE = "model_base.onnx", "model_token.onnx", "config.json"
-FP16_FOLDER = "fp16"  # an fp16 export (same file names) in this subfolder is preferred on CUDA
 DEFAULT_WINDOW = 4096  # the reference's context limit (spec 3.1 max_position_embeddings, 5 checklist)
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-class ModelLoadError(RuntimeError):
-    """A model folder that cannot be used (missing files, graphs that do not look like the SkyTNT pair)."""
-
-
 class EngineStateError(RuntimeError):
     """An engine call out of order (sampling before any row was appended, rolling forward...)."""
-
-
-@dataclass(frozen=True)
-class GraphShape:
-    """KV layout of one graph, read from its ``past_key_values.{i}.key`` inputs."""
-
-    layers: int
-    heads: int
-    head_dim: int
-    dtype: type
-
-    @classmethod
-    def of(cls, session: ort.InferenceSession, fallback: dict[str, Any]) -> GraphShape:
-        past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
-        if not past:
-            raise ModelLoadError(
-                "graph has no past_key_values inputs: it is an old export without KV cache; re-export it "
-                "with `musebot export` (or SkyTNT's export.py after Oct 2024)"
-            )
-        shape = past[0].shape
-        # Static in every export we know; a symbolic axis falls back to the Llama config.
-        heads = shape[1] if isinstance(shape[1], int) else fallback["num_attention_heads"]
-        head_dim = shape[3] if isinstance(shape[3], int) else (
-            fallback.get("head_dim") or fallback["hidden_size"] // fallback["num_attention_heads"]
-        )
-        return cls(len(past), heads, head_dim, _DTYPES.get(past[0].type, np.float32))
-
-    def names(self, prefix: str) -> list[str]:
-        return [f"{prefix}.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
-
-
-class _CpuRunner:
-    """Runs the graphs with numpy in and out; the cache is a list of numpy arrays (the graphs' own outputs)."""
-
-    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any]) -> None:
-        self.base, self.token = base, token
-        self.base_shape = GraphShape.of(base, config.get("net_config", {}))
-        self.token_shape = GraphShape.of(token, config.get("net_token_config", {}))
-        self.base_past_names = self.base_shape.names("past_key_values")
-        self.token_past_names = self.token_shape.names("past_key_values")
-        self.base_out = ["hidden"] + self.base_shape.names("present")
-        self.token_out = ["y"] + self.token_shape.names("present")
-        # Time spent inside session runs, for the engine-overhead figure of `musebot bench`.
-        self.ort_seconds = 0.0
-        self.ort_base_seconds = 0.0
-        self.ort_calls = 0
-
-    def empty(self, shape: GraphShape, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, shape.heads, 0, shape.head_dim), shape.dtype)] * (2 * shape.layers)
-
-    def run_base(self, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        feeds = dict(zip(self.base_past_names, past))
-        feeds["x"] = x
-        start = time.perf_counter()
-        out = self.base.run(self.base_out, feeds)
-        elapsed = time.perf_counter() - start
-        self.ort_seconds += elapsed
-        self.ort_base_seconds += elapsed
-        self.ort_calls += 1
-        return out[0], out[1:]
-
-    def run_token(self, hidden: np.ndarray, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        feeds = dict(zip(self.token_past_names, past))
-        feeds["hidden"] = hidden.astype(self.token_shape.dtype, copy=False)
-        feeds["x"] = x
-        start = time.perf_counter()
-        out = self.token.run(self.token_out, feeds)
-        self.ort_seconds += time.perf_counter() - start
-        self.ort_calls += 1
-        return out[0], out[1:]
-
-    # Cache surgery (rare: rollback, branching) goes through numpy on every backend.
-    def to_numpy(self, past: list) -> list[np.ndarray]:
-        return past
-
-    def from_numpy(self, arrays: list[np.ndarray]) -> list:
-        return [np.ascontiguousarray(a) for a in arrays]
-
-
-class _BoundRunner(_CpuRunner):
-    """IO binding with the KV caches left on the device as OrtValues; only ids go up and hidden/logits come
-    down. Used on CUDA; on CPU it runs too (``io_binding=True``), which is how the tests cover it without a GPU.
-    """
-
-    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any],
-                 device: str = "cuda", device_id: int = 0) -> None:
-        super().__init__(base, token, config)
-        self.device, self.device_id = device, device_id
-
-    def _ort(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
-
-    def empty(self, shape: GraphShape, batch: int) -> list:
-        return [
-            ort.OrtValue.ortvalue_from_shape_and_type(
-                (batch, shape.heads, 0, shape.head_dim), shape.dtype, self.device, self.device_id
-            )
-            for _ in range(2 * shape.layers)
-        ]
-
-    def _run(self, session: ort.InferenceSession, cpu_inputs: dict, past_names: list, past: list,
-             outputs: list[str]) -> tuple[np.ndarray, list]:
-        binding = session.io_binding()
-        for name, value in cpu_inputs.items():
-            binding.bind_cpu_input(name, value)
-        for name, value in zip(past_names, past):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output(outputs[0], "cpu")
-        for name in outputs[1:]:
-            binding.bind_output(name, self.device, self.device_id)
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        first = values[0].numpy()
-        self.ort_seconds += time.perf_counter() - start
-        self.ort_calls += 1
-        return first, list(values[1:])
-
-    def run_base(self, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        before = self.ort_seconds
-        out = self._run(self.base, {"x": x}, self.base_past_names, past, self.base_out)
-        self.ort_base_seconds += self.ort_seconds - before
-        return out
-
-    def run_token(self, hidden: np.ndarray, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        hidden = np.ascontiguousarray(hidden, dtype=self.token_shape.dtype)
-        return self._run(self.token, {"hidden": hidden, "x": x}, self.token_past_names, past, self.token_out)
-
-    def to_numpy(self, past: list) -> list[np.ndarray]:
-        return [v.numpy() for v in past]
-
-    def from_numpy(self, arrays: list[np.ndarray]) -> list:
-        return [self._ort(a) for a in arrays]
 
 
 class _History:
@@ -229,30 +94,10 @@ def _grown(array: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning worker threads burn the cores the MIDI and audio threads need; sleep instead.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return options
-
-
-def resolve_model_dir(model_dir: str | Path) -> tuple[Path, Path]:
-    """(folder with config.json, folder with the two graphs): the graphs may sit in an ``onnx/`` subfolder."""
-    root = Path(model_dir)
-    if not (root / CONFIG_FILE).is_file():
-        raise ModelLoadError(f"{root}: no {CONFIG_FILE} here; point --model at an exported model folder")
-    for graphs in (root, root / "onnx"):
-        if (graphs / BASE_GRAPH).is_file() and (graphs / TOKEN_GRAPH).is_file():
-            return root, graphs
-    raise ModelLoadError(
-        f"{root}: no {BASE_GRAPH} and {TOKEN_GRAPH}; export the checkpoint to ONNX first (musebot export)"
-    )
+def resolve_model_dir(model_dir: str | Path, provider: str = "cpu", precision: str | None = None
+                      ) -> tuple[Path, Path]:
+    """(folder with config.json, folder with the graph pair the engine runs for ``provider``/``precision``)."""
+    return model_root(model_dir), choose_precision(model_dir, provider, precision)[1]
 
 
 class Engine:
@@ -269,7 +114,7 @@ class Engine:
 
     def __init__(
         self,
-        runner: _CpuRunner,
+        runner: CpuRunner,
         config: dict[str, Any],
         window: int | None = None,
         provider: str = "cpu",
@@ -278,6 +123,7 @@ class Engine:
             raise ModelLoadError("config.json has no 'tokenizer' entry: not a SkyTNT midi-model config")
         self.config = config
         self.provider = provider
+        self.precision = "fp32"  # of the graphs the runner holds; ``load`` sets it from the folder it chose
         self.vocab = Vocabulary.for_version(config["tokenizer"].get("version", "v2"))
         self.runner = runner
         max_positions = int(config.get("net_config", {}).get("max_position_embeddings", DEFAULT_WINDOW))
@@ -303,15 +149,20 @@ class Engine:
         threads: int = 1,
         window: int | None = None,
         io_binding: bool | None = None,
+        precision: str | None = None,
     ) -> Engine:
         """Open ``model_dir`` (config.json + model_base.onnx + model_token.onnx, or those in ``onnx/``).
 
         ``provider``: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it). ``threads``: CPU intra-op
         threads (1 by default: a real-time process wants a predictable, single busy core). ``window``: most
         events in the cache (default: the model's 4096). ``io_binding``: keep caches as device OrtValues
-        (default: on for CUDA, off for CPU, where plain numpy feeds are as fast).
+        (default: on for CUDA, off for CPU, where plain numpy feeds are as fast). ``precision``: "fp32",
+        "fp16", "int8" or "int4" graphs (a folder of that name, see ``musebot.engine.precision``); None or
+        "auto" takes the best the folder has for the provider (CPU: int8, CUDA: fp16, else fp32).
         """
-        root, graphs = resolve_model_dir(model_dir)
+        if precision not in (None, "auto", *PRECISIONS):
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or 'auto', got {precision!r}")
+        root = model_root(model_dir)
         try:
             config = json.loads((root / CONFIG_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -323,15 +174,13 @@ class Engine:
             raise ValueError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
         if provider == "cuda" and "CUDAExecutionProvider" not in available:
             raise ModelLoadError("provider 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider")
-        options = _session_options(threads)
+        # The graphs' own input types tell the runner the cache dtype (fp16 halves CUDA's cache traffic).
+        precision, graphs = choose_precision(root, provider, precision)
+        options = session_options(threads)
         base_path, token_path = graphs / BASE_GRAPH, graphs / TOKEN_GRAPH
         providers = ["CPUExecutionProvider"]
         if provider == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            # Half precision halves the cache traffic; the graphs' own input types tell the runner the dtype.
-            fp16 = graphs / FP16_FOLDER
-            if (fp16 / BASE_GRAPH).is_file() and (fp16 / TOKEN_GRAPH).is_file():
-                base_path, token_path = fp16 / BASE_GRAPH, fp16 / TOKEN_GRAPH
         try:
             base = ort.InferenceSession(str(base_path), options, providers=providers)
             token = ort.InferenceSession(str(token_path), options, providers=providers)
@@ -340,10 +189,12 @@ class Engine:
         if io_binding is None:
             io_binding = provider == "cuda"
         if io_binding:
-            runner: _CpuRunner = _BoundRunner(base, token, config, device=provider)
+            runner: CpuRunner = BoundRunner(base, token, config, device=provider)
         else:
-            runner = _CpuRunner(base, token, config)
-        return cls(runner, config, window=window, provider=provider)
+            runner = CpuRunner(base, token, config)
+        engine = cls(runner, config, window=window, provider=provider)
+        engine.precision = precision
+        return engine
 
     # ---- state ----------------------------------------------------------------------------------------
     @property
@@ -522,22 +373,33 @@ class Engine:
         x = np.zeros((batch, 0), np.int64)
         kept = []
         for position in range(8):
-            logits, token_past = self.runner.run_token(states, x, token_past)
-            logits = logits[:, -1]
-            if keep_logits:
-                kept.append(logits.astype(np.float32))
-            u = draw_uniform([rng[b] for b in live] if per_branch_rng else rng, len(live))
-            # Branches sharing one allowed-id array are sampled together, gathering only the allowed columns.
+            # The allowed ids are known before the run (they follow from the tokens sampled so far), so the
+            # token graph scores only those rows. Branches sharing one allowed-id array are sampled together.
             groups: dict[int, tuple[np.ndarray, list[int]]] = {}
             for k, b in enumerate(live):
                 ids = masks.allowed(position, row[b], prev_time2[b])
                 groups.setdefault(id(ids), (ids, []))[1].append(k)
+            if keep_logits:
+                head = None
+            elif len(groups) == 1:
+                head = next(iter(groups.values()))[0]
+            else:
+                head = np.unique(np.concatenate([ids for ids, _ in groups.values()]))
+            logits, token_past = self.runner.run_token(states, x, token_past, head)
+            logits = logits[:, -1]
+            if keep_logits:
+                kept.append(logits.astype(np.float32))
+            u = draw_uniform([rng[b] for b in live] if per_branch_rng else rng, len(live))
             for ids, members in groups.values():
+                # Columns of ``logits`` holding ``ids``: all of them when the head was exactly ``ids``.
+                columns = ids if head is None else None if head is ids else np.searchsorted(head, ids)
                 targets = [live[k] for k in members]
                 if len(targets) == 1:  # the common case (one branch): 1-D numpy, fewer calls
-                    row[targets[0], position] = ids[sample_one(logits[targets[0], ids], settings, u[members[0]])]
+                    scores = logits[targets[0]] if columns is None else logits[targets[0], columns]
+                    row[targets[0], position] = ids[sample_one(scores, settings, u[members[0]])]
                     continue
-                index, probs = candidates(logits[targets][:, ids].astype(np.float64), settings)
+                scores = logits[targets] if columns is None else logits[targets][:, columns]
+                index, probs = candidates(scores.astype(np.float64), settings)
                 picked = index[np.arange(len(targets)), choose(probs, u[members])]
                 row[targets, position] = ids[picked]
             # A branch is done once eos is chosen or every parameter of its event type is sampled.
@@ -611,4 +473,4 @@ class Engine:
         hidden = np.asarray(hidden)[:, None, :]
         tokens = np.asarray(tokens, np.int64)
         empty = self.runner.empty(self.runner.token_shape, hidden.shape[0])
-        return self.runner.run_token(hidden, tokens, empty)[0]
+        return self.runner.run_token(hidden, tokens, empty, None)[0]

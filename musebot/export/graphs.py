@@ -90,3 +90,18 @@ class TokenGraph(nn.Module):
         embeds = torch.cat([hidden, self.net_token.embed_tokens(x)], dim=1)
         out, presents = run_llama(self.net_token, embeds, list(past))
         return (self.lm_head(out), *presents)
+
+
+class SlicedTokenGraph(TokenGraph):
+    """musebot's engine token graph: the reference one plus ``head_ids (n,)``, the vocabulary rows to score.
+
+    y is ``(B, S + T, n)``: logits of those ids only. A position can only take the ids its mask allows (one
+    parameter block, or the event types), so the head reads a few hundred of its rows instead of all of them:
+    at batch 1 the time of a call follows the weight bytes it reads (shared/spec/skytnt-format.md 3.3).
+    """
+
+    def forward(self, hidden: torch.Tensor, x: torch.Tensor, head_ids: torch.Tensor, *past: torch.Tensor):
+        embeds = torch.cat([hidden, self.net_token.embed_tokens(x)], dim=1)
+        out, presents = run_llama(self.net_token, embeds, list(past))
+        rows = self.lm_head.weight.index_select(0, head_ids)
+        return (torch.matmul(out, rows.t()), *presents)

@@ -3,8 +3,9 @@
 Implements shared/spec/skytnt-format.md section 4.1: ``model_base.onnx`` and ``model_token.onnx`` with the
 reference's input/output names, dtypes and dynamic axes, metadata ``config_name`` / ``config``; plus a
 ``config.json`` beside them (the HF config with the tokenizer dict, and an ``onnx`` section giving the
-engine the cache geometry). Unlike the reference we also offer fp16 (for CUDA) and int8 (dynamic
-quantisation, for CPU) graphs, written under the same file names.
+engine the cache geometry). Unlike the reference we also write musebot's engine graphs in other precisions,
+one folder each (``int8/``, ``int4/``: MatMulNBits weight-only blocks for the CPU; ``fp16/`` for CUDA), under
+the same file names; their token graph scores only the vocabulary rows it is asked for (``head_ids``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from musebot.export.graphs import BaseGraph, TokenGraph, kv_names
+from musebot.export.graphs import BaseGraph, SlicedTokenGraph, TokenGraph, kv_names
+from musebot.export.quantize import BITS, quantize_nbits
 from musebot.models.config import MIDIModelConfig
 from musebot.models.model import MIDIModel
 
@@ -30,9 +32,10 @@ log = logging.getLogger(__name__)
 BASE_FILE = "model_base.onnx"
 TOKEN_FILE = "model_token.onnx"
 OPSET = 17
-# Verification limits on max|ort - torch| / max(1, max|torch|), per precision.
-PER_CHANNEL = True
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.1}
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+CPU_PRECISIONS = ("fp32", "int8", "int4")  # what `musebot export` writes unless told
+# Verification limits on max|ort - torch| / max(1, max|torch|) over hidden states and logits, per precision.
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.1, "int4": 0.5}
 
 
 class ExportError(RuntimeError):
@@ -73,8 +76,13 @@ def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def export_graphs(model: MIDIModel, out_dir: Path, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Trace both graphs into ``out_dir`` (reference I/O, section 4.1); returns the I/O names."""
+def export_graphs(
+    model: MIDIModel, out_dir: Path, dtype: torch.dtype = torch.float32, sliced: bool = False
+) -> dict[str, Any]:
+    """Trace both graphs into ``out_dir`` (reference I/O, section 4.1); returns the I/O names.
+
+    ``sliced``: the token graph takes ``head_ids`` after ``x`` and scores those vocabulary rows only.
+    """
     config = model.config
     graph_model = model if dtype == torch.float32 else _copy_as(model, dtype)
     base_past, base_present = kv_names(config.net.num_hidden_layers)
@@ -100,17 +108,24 @@ def export_graphs(model: MIDIModel, out_dir: Path, dtype: torch.dtype = torch.fl
     axes |= {n: {0: "batch", 2: "present_seq"} for n in token_present}
     hidden = torch.randn(1, 1, config.n_embd, dtype=dtype)
     x = torch.randint(config.vocab_size, (1, width // 2))
+    inputs, args = ["hidden", "x"], [hidden, x]
+    graph = TokenGraph(graph_model)
+    if sliced:
+        graph = SlicedTokenGraph(graph_model)
+        inputs.append("head_ids")
+        args.append(torch.arange(3, 3 + 16))
+        axes |= {"head_ids": {0: "rows"}, "y": {0: "batch", 1: "token_seq1", 2: "rows"}}
     _export_graph(
-        TokenGraph(graph_model).eval(),
-        (hidden, x, *_past(config.net_token, 1, width // 2, dtype)),
-        ["hidden", "x", *token_past],
+        graph.eval(),
+        (*args, *_past(config.net_token, 1, width // 2, dtype)),
+        [*inputs, *token_past],
         ["y", *token_present],
         axes,
         out_dir / TOKEN_FILE,
     )
     return {
         "base": {"inputs": ["x", *base_past], "outputs": ["hidden", *base_present]},
-        "token": {"inputs": ["hidden", "x", *token_past], "outputs": ["y", *token_present]},
+        "token": {"inputs": [*inputs, *token_past], "outputs": ["y", *token_present]},
     }
 
 
@@ -118,31 +133,19 @@ def _copy_as(model: MIDIModel, dtype: torch.dtype) -> MIDIModel:
     return copy.deepcopy(model).to(dtype).eval()
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of the MatMul weights (activations quantised per call by ORT)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def onnx_config(
+    model: MIDIModel, precision: str | None, io_names: dict[str, Any], folders: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """config.json for the export folder: HF config + what an ONNX engine needs to allocate caches.
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser logs a pre-processing advice on the root logger every call
-    try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            per_channel=PER_CHANNEL,
-        )
-    finally:
-        root.setLevel(level)
-
-
-def onnx_config(model: MIDIModel, precision: str, io_names: dict[str, Any]) -> dict[str, Any]:
-    """config.json for the export folder: HF config + what an ONNX engine needs to allocate caches."""
+    ``precision`` is that of the graphs beside config.json (None when only precision folders were written);
+    ``folders`` maps each precision written to its folder (``.`` for the reference pair).
+    """
     config = model.config
     data = config.to_dict()
     data["onnx"] = {
         "precision": precision,
+        "precisions": folders or ({precision: "."} if precision else {}),
         "dtype": "float16" if precision == "fp16" else "float32",
         "opset": OPSET,
         "n_embd": config.n_embd,
@@ -165,6 +168,11 @@ class OnnxPair:
         providers = ["CPUExecutionProvider"]
         self.base = ort.InferenceSession(str(folder / BASE_FILE), options, providers=providers)
         self.token = ort.InferenceSession(str(folder / TOKEN_FILE), options, providers=providers)
+        # An engine graph's output is as wide as the rows asked for; the graphs' metadata names the vocabulary.
+        reference = json.loads(self.token.get_modelmeta().custom_metadata_map.get("config", "{}"))
+        net_token = reference.get("net_token", "{}")
+        net_token = json.loads(net_token) if isinstance(net_token, str) else net_token
+        self.vocab_size = int(net_token.get("vocab_size", 0))
 
     @staticmethod
     def _call(session, feed: dict[str, np.ndarray], past: list[np.ndarray] | None, batch: int):
@@ -184,8 +192,17 @@ class OnnxPair:
         return self._call(self.base, {"x": x.astype(np.int64)}, past, x.shape[0])
 
     def token_step(self, hidden: np.ndarray, x: np.ndarray, past: list[np.ndarray] | None = None):
-        """hidden ``(B, S, H)``, x ``(B, T)`` int64 -> logits ``(B, S + T, V)``, present list."""
-        return self._call(self.token, {"hidden": hidden, "x": x.astype(np.int64)}, past, x.shape[0])
+        """hidden ``(B, S, H)``, x ``(B, T)`` int64 -> logits ``(B, S + T, V)``, present list.
+
+        An engine graph (``head_ids`` input) is asked for every row, so both kinds answer alike.
+        """
+        feed = {"hidden": hidden, "x": x.astype(np.int64)}
+        head = [i for i in self.token.get_inputs() if i.name == "head_ids"]
+        if head:
+            vocab = self.token.get_outputs()[0].shape[2]
+            vocab = vocab if isinstance(vocab, int) else self.vocab_size
+            feed["head_ids"] = np.arange(vocab, dtype=np.int64)
+        return self._call(self.token, feed, past, x.shape[0])
 
 
 def verify(model: MIDIModel, folder: Path, seed: int = 0, prompt_len: int = 24, steps: int = 3) -> dict:
@@ -236,24 +253,7 @@ def verify(model: MIDIModel, folder: Path, seed: int = 0, prompt_len: int = 24, 
     }
 
 
-def export_onnx(
-    model_or_path: MIDIModel | str | Path,
-    out_dir: str | Path,
-    fp16: bool = False,
-    int8: bool = False,
-    config: MIDIModelConfig | str | Path | None = None,
-    lora: str | Path | None = None,
-    check: bool = True,
-) -> dict[str, Any]:
-    """Export ``model_base.onnx``, ``model_token.onnx`` and ``config.json`` into ``out_dir``.
-
-    ``model_or_path`` is a MIDIModel or anything ``musebot.models.load_model`` reads (``config``/``lora``
-    are passed on). With ``check`` the graphs are run in ONNX Runtime (CPU) against torch and an
-    ExportError is raised beyond ``TOLERANCE[precision]``. Returns figures: precision, seconds, file sizes,
-    and the verification differences (``base_max_abs_diff``, ``token_max_abs_diff``, ...).
-    """
-    if fp16 and int8:
-        raise ExportError("choose one of fp16 and int8")
+def _load(model_or_path: MIDIModel | str | Path, config, lora) -> MIDIModel:
     if isinstance(model_or_path, MIDIModel):
         model = model_or_path
         if lora is not None:
@@ -264,43 +264,55 @@ def export_onnx(
         from musebot.models.checkpoint import load_model
 
         model = load_model(model_or_path, config=config, lora=lora)
-    model = model.float().eval().cpu()
-    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
-    out = Path(out_dir)
+    return model.float().eval().cpu()
+
+
+def export_pair(model: MIDIModel, out: Path, precision: str, engine: bool, check: bool = True) -> dict[str, Any]:
+    """Write one graph pair of ``precision`` into ``out``; ``engine``: the token graph with ``head_ids``.
+
+    With ``check`` the pair is run in ONNX Runtime (CPU) against torch and an ExportError raised beyond
+    ``TOLERANCE[precision]``. Returns the figures: precision, seconds, sizes, verification differences.
+    """
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"config_name": model.config.named(), "config": model.config.reference_str()}
-
     started = time.perf_counter()
-    if int8:
+    if precision in BITS:
         with tempfile.TemporaryDirectory() as tmp:
-            io_names = export_graphs(model, Path(tmp))
+            io_names = export_graphs(model, Path(tmp), sliced=engine)
             for name in (BASE_FILE, TOKEN_FILE):
                 _set_metadata(Path(tmp) / name, metadata)
-                quantize_int8(Path(tmp) / name, out / name)
+                quantize_nbits(Path(tmp) / name, out / name, precision)
     else:
-        io_names = export_graphs(model, out, torch.float16 if fp16 else torch.float32)
+        io_names = export_graphs(model, out, torch.float16 if precision == "fp16" else torch.float32, engine)
         for name in (BASE_FILE, TOKEN_FILE):
             _set_metadata(out / name, metadata)
-    (out / "config.json").write_text(json.dumps(onnx_config(model, precision, io_names), indent=2) + "\n")
     figures: dict[str, Any] = {
         "precision": precision,
         "out_dir": str(out),
+        "engine_graphs": engine,
         "export_seconds": round(time.perf_counter() - started, 2),
         "base_mb": round((out / BASE_FILE).stat().st_size / 2**20, 2),
         "token_mb": round((out / TOKEN_FILE).stat().st_size / 2**20, 2),
         "tolerance": TOLERANCE[precision],
+        "io_names": io_names,
     }
-    if not check:
-        return figures
+    if check:
+        figures |= _checked(model, out, precision)
+    return figures
+
+
+def _checked(model: MIDIModel, out: Path, precision: str) -> dict[str, Any]:
     try:
-        figures |= verify(model, out)
+        figures: dict[str, Any] = verify(model, out)
     except Exception as exc:
-        if not fp16:
+        if precision != "fp16":
             raise
         # ORT's CPU provider lacks fp16 kernels for some ops; the graph is meant for CUDA.
-        figures["verified"] = f"not on CPU: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        log.warning("fp16 graphs not verified on CPU (%s)", figures["verified"])
-        return figures
+        reason = f"not on CPU: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        log.warning("fp16 graphs not verified on CPU (%s)", reason)
+        return {"verified": reason}
     figures["verified"] = True
     worst = max(figures["base_rel_diff"], figures["token_rel_diff"])
     if worst >= TOLERANCE[precision]:
@@ -310,3 +322,50 @@ def export_onnx(
             f"token {figures['token_max_abs_diff']:.3g} max abs)"
         )
     return figures
+
+
+def export_onnx(
+    model_or_path: MIDIModel | str | Path,
+    out_dir: str | Path,
+    fp16: bool = False,
+    int8: bool = False,
+    config: MIDIModelConfig | str | Path | None = None,
+    lora: str | Path | None = None,
+    check: bool = True,
+    precisions: tuple[str, ...] | list[str] | None = None,
+) -> dict[str, Any]:
+    """Export ``model_base.onnx``, ``model_token.onnx`` and ``config.json`` into ``out_dir``.
+
+    ``model_or_path`` is a MIDIModel or anything ``musebot.models.load_model`` reads (``config``/``lora``
+    are passed on). Without ``precisions``: one pair with the reference interface in ``out_dir`` (fp32, or
+    fp16/int8 with those flags), and the figures of ``export_pair``. With ``precisions`` (e.g.
+    ``CPU_PRECISIONS``): fp32 is the reference pair in ``out_dir``, every other precision musebot's engine
+    pair in ``out_dir/<precision>/``; returns the figures per precision.
+    """
+    if fp16 and int8:
+        raise ExportError("choose one of fp16 and int8")
+    model = _load(model_or_path, config, lora)
+    out = Path(out_dir)
+    if precisions is None:
+        precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+        figures = export_pair(model, out, precision, engine=False, check=check)
+        io_names = figures.pop("io_names")
+        (out / "config.json").write_text(json.dumps(onnx_config(model, precision, io_names), indent=2) + "\n")
+        return figures
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown or not precisions:
+        raise ExportError(f"precisions must be among {', '.join(PRECISIONS)}, got {', '.join(precisions)}")
+    results: dict[str, Any] = {}
+    folders: dict[str, str] = {}
+    for precision in dict.fromkeys(precisions):
+        root = precision == "fp32"
+        folder = out if root else out / precision
+        results[precision] = export_pair(model, folder, precision, engine=not root, check=check)
+        folders[precision] = "." if root else precision
+    io_names = next(iter(results.values()))["io_names"]
+    for figures in results.values():
+        figures.pop("io_names")
+    base_precision = "fp32" if "fp32" in folders else None
+    config_data = onnx_config(model, base_precision, io_names, folders)
+    (out / "config.json").write_text(json.dumps(config_data, indent=2) + "\n")
+    return results
