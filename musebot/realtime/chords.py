@@ -108,6 +108,13 @@ class Chord:
         return frozenset((self.root + i) % 12 for i in self.scale_intervals) | {self.bass}
 
     @cached_property
+    def extension_classes(self) -> frozenset[int]:
+        """The extensions the symbol writes (``C7b9``: Db), as pitch classes."""
+        if self.root is None:
+            return frozenset()
+        return frozenset((self.root + i) % 12 for i in self.extensions)
+
+    @cached_property
     def tensions(self) -> frozenset[int]:
         """Written extensions, and chord-scale tones that are neither chord tones nor a semitone above one."""
         if self.root is None:
