@@ -19,7 +19,7 @@ COMMAND_MODULES = [
     "musebot.data.cli",
     "musebot.train.cli",
     "musebot.eval.cli",
-    "musebot.realtime.cli",
+    "musebot.serve",
 ]
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from musebot.realtime.clock import now
 from musebot.realtime.io.poller import MidiPoller
-from musebot.realtime.ports import start_dummy_jack
+from musebot.realtime.io.system import start_dummy_jack
 
 JACKD = shutil.which("jackd")
 requires_jackd = pytest.mark.skipif(JACKD is None, reason="jackd is not installed (apt install jackd2)")

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from musebot.realtime.band import BandConfig, make_band
+from musebot.realtime.modes.band import BandConfig, make_band
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import KeyLock
-from musebot.realtime.outputs import MemoryOutput
+from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.timebase import CLOCK, PPQ, START, STOP
 from tests._jack import hanging_notes

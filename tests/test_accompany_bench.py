@@ -9,7 +9,7 @@ import json
 import pytest
 
 from musebot.cli import main
-from musebot.realtime.bench_accompany import KEYS, key_follow, musician_plan
+from musebot.bench.accompany import KEYS, key_follow, musician_plan
 from tests._jack import requires_jackd
 from tests._realtime_fixtures import exported_reference_model
 

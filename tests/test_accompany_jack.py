@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from musebot.realtime.band import BandConfig
+from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.clock import now, sleep_until
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.daemon import Daemon, ServeOptions

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from musebot.realtime import ports
-from musebot.realtime.timebase import ClockFollower, ClockInput, Timebase
+from musebot.realtime.io import system as ports
+from musebot.realtime.io.inputs import ClockInput, RtMidiInput
+from musebot.realtime.timebase import ClockFollower, Timebase
 from tests._jack import jack_server, requires_jackd, wait_for_port
 
 pytestmark = [pytest.mark.jack, requires_jackd]
@@ -56,13 +57,13 @@ def test_inputs_closed_200_times_under_a_flood_never_hang_or_crash():
         api = ports.api_id("jack")
         flood = Flood()
         try:
-            probe = ports.RtMidiInput(api, "musebot-probe", None)
+            probe = RtMidiInput(api, "musebot-probe", None)
             wait_for_port(probe._midi_in, "flood:out")
             probe.close()
             received = 0
             for cycle in range(200):
                 if cycle % 2 == 0:
-                    port = ports.RtMidiInput(api, f"musebot-in{cycle}", "flood:out")
+                    port = RtMidiInput(api, f"musebot-in{cycle}", "flood:out")
                     time.sleep(0.005 + (cycle % 5) * 0.002)  # close at a different moment each time
                     received += port.queue.qsize()
                     port.close()

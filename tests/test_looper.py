@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from musebot.realtime.band import BandConfig, make_band
+from musebot.realtime.modes.band import BandConfig, make_band
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import DEFAULT_PARTS
-from musebot.realtime.looper import LOOPER_CONTROLS, fit_register, transposition
-from musebot.realtime.outputs import MemoryOutput
+from musebot.realtime.modes.looper import LOOPER_CONTROLS, fit_register, transposition
+from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.scheduler import Scheduler
 from tests._jack import hanging_notes
 from tests._realtime_fixtures import exported_reference_model
@@ -106,7 +106,7 @@ def test_a_recorded_bar_is_transposed_to_the_key_the_musician_has_moved_to(sched
 def test_a_musician_playing_bass_and_chords_at_once_gets_the_melody_only(scheduler, model_dir, caplog):
     out = MemoryOutput()
     band = looper(scheduler, out, model=model_dir)
-    with caplog.at_level(logging.INFO, logger="musebot.realtime.looper"):
+    with caplog.at_level(logging.INFO, logger="musebot.realtime.modes.looper"):
         perform(band, chord_bar(0, low=36) + chord_bar(1, low=41), until_beat=8.2)
     band.panic(now(), "test over")
     band.close()

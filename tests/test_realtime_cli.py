@@ -12,7 +12,7 @@ import time
 import pytest
 
 from musebot.cli import main
-from musebot.realtime.ports import NO_MIDI_SYSTEM
+from musebot.realtime.io.system import NO_MIDI_SYSTEM
 from tests._jack import jack_server, requires_jackd
 
 NO_JACK = {"JACK_DEFAULT_SERVER": "musebot-no-such-server", "JACK_NO_START_SERVER": "1"}
@@ -35,8 +35,8 @@ def test_ports_without_a_midi_system_says_what_to_start():
 
 @requires_jackd
 def test_ports_lists_musebot_ports_with_their_midi_system():
-    from musebot.realtime.outputs import RtMidiOutput
-    from musebot.realtime.ports import api_id
+    from musebot.realtime.io.outputs import RtMidiOutput
+    from musebot.realtime.io.system import api_id
 
     with jack_server("-cli") as server:
         port = RtMidiOutput(api_id("jack"), "some-synth", "out", virtual=True)
@@ -104,7 +104,7 @@ def test_bad_serve_arguments_get_a_clear_error(args, message, capsys, monkeypatc
 def test_bench_realtime_measures_every_figure_over_its_own_jack_server():
     from argparse import Namespace
 
-    from musebot.realtime.bench import run_realtime_bench
+    from musebot.bench.realtime import run_realtime_bench
 
     figures = run_realtime_bench(Namespace(notes=1000, model=None, bpm=120.0, phrases=2, jack_server=None))
     assert figures["scheduling"]["messages_sent"] == 2000

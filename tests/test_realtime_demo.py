@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from musebot.cli import main
-from musebot.realtime.recorder import read_session_meta
+from musebot.realtime.io.recorder import read_session_meta
 from tests._realtime_fixtures import exported_reference_model
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from musebot.realtime import midi
-from musebot.realtime.ledger import NoteLedger
-from musebot.realtime.outputs import MemoryOutput
+from musebot.realtime.io.ledger import NoteLedger
+from musebot.realtime.io.outputs import MemoryOutput
 
 
 def test_ledger_counts_note_ons_against_note_offs_per_channel():

@@ -8,7 +8,7 @@ import pytest
 
 from musebot.realtime import midi
 from musebot.realtime.clock import now
-from musebot.realtime.outputs import MemoryOutput
+from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.scheduler import Scheduler
 
 

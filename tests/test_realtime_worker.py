@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from musebot.realtime import midi
-from musebot.realtime.answers import AnswerSlot
+from musebot.realtime.modes.answers import AnswerSlot
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.duet import Duet
-from musebot.realtime.outputs import MemoryOutput
+from musebot.realtime.modes.call import Duet
+from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.scheduler import Scheduler
-from musebot.realtime.worker import ModelAnswerer
+from musebot.realtime.modes.call_worker import ModelAnswerer
 from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
 from tests._realtime_fixtures import exported_reference_model
 

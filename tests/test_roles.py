@@ -8,7 +8,7 @@ import json
 import pytest
 
 from musebot.realtime.roles import MODEL_FILE, BarNote, RoleClassifier, bar_features, split_roles
-from musebot.realtime.roles_fit import fit_roles, held_out_accuracy
+from musebot.tools.roles_fit import fit_roles, held_out_accuracy
 
 BASS = [BarNote(b, 0.9, p) for b, p in enumerate((36, 43, 40, 43))]  # root-fifth walking quarters
 CHORDS = [BarNote(b, 1.8, p) for b in (0, 2) for p in (60, 64, 67)]  # two struck triads

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from musebot.realtime.clock import now
-from musebot.realtime.outputs import MemoryOutput
+from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.timebase import (
     CLOCK,

@@ -2,8 +2,8 @@
 
 Threads (each talks to the others through queues or locked objects):
 
-* rtmidi's callback thread: timestamps and enqueues (``ports.RtMidiInput``);
-* the listener: pulls the queue, runs :class:`~musebot.realtime.duet.Duet`, ticks its clock;
+* the input's poller thread: timestamps and enqueues (``io.inputs.RtMidiInput``);
+* the listener: pulls the queue, runs :class:`~musebot.realtime.modes.call.Duet`, ticks its clock;
 * the scheduler: sends timed messages (``scheduler.py``);
 * the engine worker (model answers only, ``worker.py``);
 * the health monitor: notices a JACK server that died, a named port that vanished, and reopens them;
@@ -21,16 +21,17 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from musebot.realtime import duet as duet_module
-from musebot.realtime import ports
-from musebot.realtime.answers import Answerer, AnswerSlot, EchoAnswerer
-from musebot.realtime.band import BAND_MODES, BandConfig
+from musebot.realtime.modes import call as duet_module
+from musebot.realtime.io import system as ports
+from musebot.realtime.io.inputs import RtMidiInput
+from musebot.realtime.modes.answers import Answerer, AnswerSlot, EchoAnswerer
+from musebot.realtime.modes.band import BAND_MODES, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.duet import Duet
+from musebot.realtime.modes.call import Duet
 from musebot.realtime.errors import PortNotFoundError, RealtimeError
-from musebot.realtime.outputs import FluidSynthOutput, Output, RtMidiOutput
-from musebot.realtime.recorder import SessionRecorder
+from musebot.realtime.io.outputs import FluidSynthOutput, Output, RtMidiOutput
+from musebot.realtime.io.recorder import SessionRecorder
 from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,19 @@ class ServeOptions:
     record: str | None = None
     port: int | None = None  # the network API (musebot.server) on this TCP port; 0 picks a free one
     host: str = "127.0.0.1"
+    allow_hosts: list[str] = field(default_factory=list)  # Host names the API answers besides loopback, host
     token: str | None = None  # required by the API when host is not loopback (generated if not given)
     osc_port: int | None = None  # OSC control on this UDP port
     band: BandConfig | None = None  # --mode accompany / looper: parts, clock, key (default: BandConfig())
+
+
+class NetworkOutput(Output):
+    """``--output none`` with ``--port``: nothing plays here; the API reports every message to the page."""
+
+    kind = "network"
+
+    def _send(self, msg: tuple) -> None:
+        pass
 
 
 class Daemon:
@@ -76,7 +87,7 @@ class Daemon:
             late_s=config.late_ms / 1000, drop_late_s=config.drop_late_ms / 1000, on_send=self._on_send
         )
         self.outputs: list[Output] = []
-        self.input: ports.RtMidiInput | None = None
+        self.input: RtMidiInput | None = None
         self._input_connected = True
         self._output_down: set[int] = set()
         self._threads: list[threading.Thread] = []
@@ -106,7 +117,11 @@ class Daemon:
     # ---- construction ---------------------------------------------------------------------------------
     def _open_outputs(self) -> None:
         for spec in self.options.outputs:
-            if spec == "fluidsynth":
+            if spec == "none":
+                if self.options.port is None:
+                    raise RealtimeError("--output none needs --port N: the browser page then plays the sound")
+                self.outputs.append(NetworkOutput("network (the page plays)"))
+            elif spec == "fluidsynth":
                 self.outputs.append(self._fluidsynth())
             elif self.api is None:
                 log.warning("output %r skipped: no MIDI system", spec)
@@ -143,7 +158,7 @@ class Daemon:
         spec = self.options.input
         if spec == "none" or self.api is None:
             return
-        self.input = ports.RtMidiInput(
+        self.input = RtMidiInput(
             self.api, CLIENT_NAME, None if spec == "virtual" else spec, self.config.input_queue
         )
         log.info("input: %s", self.input.connected_to or self.input.name)
@@ -157,12 +172,12 @@ class Daemon:
             raise ValueError(f"--answer must be 'model' or 'echo', got {kind!r}")
         if not self.options.model:
             raise ValueError("--answer model needs --model DIR (an exported model folder)")
-        from musebot.realtime.worker import ModelAnswerer
+        from musebot.realtime.modes.call_worker import ModelAnswerer
 
         return ModelAnswerer.load(self.options.model, self.slot, self.config)
 
     def _make_band(self):
-        from musebot.realtime.band import make_band
+        from musebot.realtime.modes.band import make_band
 
         if self.options.mode not in SERVE_MODES:
             raise ValueError(f"--mode must be one of {', '.join(SERVE_MODES)}, got {self.options.mode!r}")

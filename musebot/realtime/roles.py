@@ -2,7 +2,7 @@
 playing modes, Pachet et al. 2013; spec ``realtime-field.md`` §1.2 and §5 item 1).
 
 A bar of notes becomes a short feature vector (register, polyphony, rhythm) and a multinomial logistic
-regression, fitted with numpy by :mod:`musebot.realtime.roles_fit` on the voices of Bach chorales (bass voice
+regression, fitted with numpy by :mod:`musebot.tools.roles_fit` on the voices of Bach chorales (bass voice
 = bass, soprano = melody, alto and tenor together = chords), gives the role. Its weights ship in
 ``roles_model.json`` beside this module; the held-out accuracy measured when they were fitted is stored
 there too.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from musebot.realtime import midi
 from musebot.realtime.clock import now, sleep_until
-from musebot.realtime.outputs import Output
+from musebot.realtime.io.outputs import Output
 
 log = logging.getLogger(__name__)
 

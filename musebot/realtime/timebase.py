@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from musebot.realtime.outputs import Output
+from musebot.realtime.io.outputs import Output
 from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -407,48 +407,3 @@ class Metronome:
             self._next_beat += 1
         if items:
             self.scheduler.schedule_many(items, METRONOME_TAG)
-
-
-class ClockInput:
-    """An input port that reads only MIDI clock into a :class:`ClockFollower` (``musebot-clock:in``, or a
-    connection to a named output port). Read by a poller thread of ours (no callback on JACK's thread);
-    the arrival times come from RtMidi's per-message deltas, so the follower measures the sender's spacing
-    rather than the polling interval."""
-
-    def __init__(self, api: int, follower: ClockFollower, port: str | None = None,
-                 client_name: str = "musebot-clock") -> None:
-        import rtmidi
-
-        from musebot.realtime.errors import PortNotFoundError
-        from musebot.realtime.io.poller import MidiPoller
-        from musebot.realtime.outputs import find_port
-
-        self.follower = follower
-        self._lock = threading.Lock()
-        self._midi_in = rtmidi.MidiIn(api, name=client_name, queue_size_limit=4096)
-        self._midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
-        if port is None:
-            self._midi_in.open_virtual_port("in")
-            self.name = f"{client_name}:in"
-        else:
-            names = self._midi_in.get_ports()
-            index = find_port(names, port)
-            if index is None:
-                self._midi_in.delete()
-                raise PortNotFoundError(f"no MIDI clock source named {port!r}; ports are: "
-                                        f"{', '.join(names) or 'none'} (list them with `musebot ports`)")
-            self._midi_in.open_port(index, "in")
-            self.name = names[index]
-        self._poller = MidiPoller(self._midi_in, self._handle, self.name)
-
-    def _handle(self, t: float, message: list[int]) -> None:
-        with self._lock:
-            self.follower.handle(t, message)
-
-    def close(self) -> None:
-        self._poller.stop()
-        try:
-            self._midi_in.close_port()
-            self._midi_in.delete()
-        except Exception as exc:  # noqa: BLE001
-            log.debug("closing clock input: %s", exc)

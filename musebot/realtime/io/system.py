@@ -1,4 +1,4 @@
-"""MIDI systems and ports: which system to use, listing ports, the input port, server liveness.
+"""MIDI systems and ports: which system to use, listing ports, opening a port by name, server liveness.
 
 rtmidi is the backend (ALSA sequencer and JACK on Linux, CoreMIDI on macOS, WinMM on Windows). With JACK
 every rtmidi object is its own JACK client, so each needs a unique client name. JACK's liveness is
@@ -11,16 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from musebot.realtime.clock import now
-from musebot.realtime.io.poller import MidiPoller
 from musebot.realtime.errors import NoMidiSystemError, PortNotFoundError
-from musebot.realtime.outputs import find_port
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +26,7 @@ NO_MIDI_SYSTEM = (
 )
 
 
-def _rtmidi():  # imported lazily: `musebot --help` must not load native MIDI libraries
+def rtmidi_module():  # imported lazily: `musebot --help` must not load native MIDI libraries
     os.environ.setdefault("JACK_NO_START_SERVER", "1")
     import rtmidi
 
@@ -38,7 +34,7 @@ def _rtmidi():  # imported lazily: `musebot --help` must not load native MIDI li
 
 
 def api_id(name: str) -> int:
-    rtmidi = _rtmidi()
+    rtmidi = rtmidi_module()
     ids = {
         "alsa": rtmidi.API_LINUX_ALSA, "jack": rtmidi.API_UNIX_JACK,
         "coremidi": rtmidi.API_MACOSX_CORE, "winmm": rtmidi.API_WINDOWS_MM,
@@ -49,7 +45,7 @@ def api_id(name: str) -> int:
 
 
 def api_name(api: int) -> str:
-    return _rtmidi().get_api_name(api)
+    return rtmidi_module().get_api_name(api)
 
 
 def jack_server_name() -> str:
@@ -141,7 +137,7 @@ def alsa_seq_available() -> bool:
 
 def usable(name: str) -> tuple[bool, str]:
     """Whether MIDI system ``name`` can be used now, and why not."""
-    rtmidi = _rtmidi()
+    rtmidi = rtmidi_module()
     if api_id(name) not in rtmidi.get_compiled_api():
         return False, "not compiled into this python-rtmidi"
     if name == "jack" and not jack_running():
@@ -178,7 +174,7 @@ class PortList:
 
 def list_ports(names: tuple[str, ...] = API_CHOICES) -> list[PortList]:
     """Inputs and outputs of each MIDI system in ``names`` (with the reason when one cannot be used)."""
-    rtmidi = _rtmidi()
+    rtmidi = rtmidi_module()
     found = []
     for name in names:
         ok, why = usable(name)
@@ -196,84 +192,9 @@ def list_ports(names: tuple[str, ...] = API_CHOICES) -> list[PortList]:
     return found
 
 
-class RtMidiInput:
-    """An input port read by a :class:`~musebot.realtime.io.poller.MidiPoller` that only timestamps and
-    enqueues (no callback runs on the MIDI system's thread, so closing is safe at any moment).
-
-    ``port=None`` makes a virtual port others connect to; a name connects to that existing output port.
-    When the bounded queue is full the message is dropped and counted: a flood must not grow memory or
-    delay the messages behind it without bound.
-    """
-
-    def __init__(self, api: int, client_name: str, port: str | None, maxsize: int = 4096) -> None:
-        self.api = api
-        self.client_name = client_name
-        self.port = port
-        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.overflows = 0
-        self.connected_to: str | None = None
-        self._midi_in = None
-        self._poller: MidiPoller | None = None
-        self.open()
-
-    @property
-    def name(self) -> str:
-        return f"{self.client_name}:in" if self.port is None else self.port
-
-    def _enqueue(self, t: float, message: list[int]) -> None:
-        try:
-            self.queue.put_nowait((t, message))
-        except queue.Full:
-            self.overflows += 1
-
-    def open(self) -> None:
-        """(Re)make the rtmidi client; raises PortNotFoundError when a named port is absent."""
-        rtmidi = _rtmidi()
-        self.close()
-        midi_in = rtmidi.MidiIn(self.api, name=self.client_name, queue_size_limit=4096)
-        # Sysex, MIDI clock and active sensing never reach the listener (they carry nothing it uses).
-        midi_in.ignore_types(sysex=True, timing=True, active_sense=True)
-        if self.port is None:
-            midi_in.open_virtual_port("in")
-        else:
-            names = midi_in.get_ports()
-            index = find_port(names, self.port)
-            if index is None:
-                midi_in.delete()
-                raise PortNotFoundError(
-                    f"no MIDI input named {self.port!r}; inputs are: {', '.join(names) or 'none'}"
-                    " (list them with `musebot ports`)"
-                )
-            midi_in.open_port(index, "in")
-            self.connected_to = names[index]
-        self._midi_in = midi_in
-        self._poller = MidiPoller(midi_in, self._enqueue, self.name)
-
-    def source_present(self) -> bool:
-        """For a named port: whether the port it reads from still exists (always True for virtual)."""
-        if self.port is None or self._midi_in is None:
-            return True
-        try:
-            return find_port(self._midi_in.get_ports(), self.port) is not None
-        except _rtmidi().RtMidiError:
-            return False
-
-    def close(self) -> None:
-        if self._poller is not None:
-            self._poller.stop()
-            self._poller = None
-        if self._midi_in is not None:
-            try:
-                self._midi_in.close_port()
-                self._midi_in.delete()
-            except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
-                log.debug("closing input %s: %s", self.name, exc)
-            self._midi_in = None
-
-
 def present_ports(api: int, direction: str) -> list[str] | None:
     """Current port names (``direction`` "in" lists inputs); None when the system cannot be asked."""
-    rtmidi = _rtmidi()
+    rtmidi = rtmidi_module()
     try:
         probe = rtmidi.MidiIn(api, name="musebot-probe") if direction == "in" else rtmidi.MidiOut(
             api, name="musebot-probe"
@@ -283,3 +204,26 @@ def present_ports(api: int, direction: str) -> list[str] | None:
         return names
     except rtmidi.RtMidiError:
         return None
+
+
+def find_port(names: list[str], wanted: str) -> int | None:
+    """Index of the port called ``wanted``: exact name first, then a unique case-insensitive substring."""
+    if wanted in names:
+        return names.index(wanted)
+    matches = [i for i, name in enumerate(names) if wanted.lower() in name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def open_named_port(client, wanted: str, what: str, port_name: str) -> str:
+    """Connect rtmidi ``client`` (a MidiIn or MidiOut) to the existing port called ``wanted``, as its own
+    port ``port_name``; returns the full name found. ``what`` names the kind in the error ("MIDI input").
+    The client is deleted and PortNotFoundError raised when no port matches."""
+    names = client.get_ports()
+    index = find_port(names, wanted)
+    if index is None:
+        client.delete()
+        raise PortNotFoundError(
+            f"no {what} named {wanted!r}; ports are: {', '.join(names) or 'none'} (list them with `musebot ports`)"
+        )
+    client.open_port(index, port_name)
+    return names[index]

@@ -24,12 +24,13 @@ import time
 
 import numpy as np
 
-from musebot.realtime import midi, ports
+from musebot.realtime import midi
+from musebot.realtime.io import system as ports
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.errors import NoMidiSystemError
 from musebot.realtime.io.poller import MidiPoller
-from musebot.realtime.outputs import RtMidiOutput
+from musebot.realtime.io.outputs import RtMidiOutput
 from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class _Probe:
     """A JACK client: an ear on one port (arrival times) and optionally a key into another."""
 
     def __init__(self, listen_to: str, play_to: str | None = None) -> None:
-        rtmidi = ports._rtmidi()
+        rtmidi = ports.rtmidi_module()
         self.heard: list[tuple[float, tuple[int, ...]]] = []
         self._lock = threading.Lock()
         self.ear = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="bench-ear")
@@ -228,7 +229,7 @@ def bench_generation(model: str, events: int, bpm: float) -> dict:
     from musebot.engine.engine import Engine
     from musebot.engine.masks import Constraints, MaskTable
     from musebot.engine.sampling import SamplerSettings
-    from musebot.realtime.worker import MAX_DURATION_STEPS, MAX_GAP_STEPS, PIANO_RANGE
+    from musebot.realtime.modes.call_worker import MAX_DURATION_STEPS, MAX_GAP_STEPS, PIANO_RANGE
 
     engine = Engine.load(model, provider="auto", threads=1)
     masks = MaskTable(engine.vocab, Constraints(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import mido
 import numpy as np
 
-from musebot.realtime.answers import Answerer, AnswerSlot
+from musebot.realtime.modes.answers import Answerer, AnswerSlot
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import KeyTracker, shift_to_c

@@ -1,7 +1,7 @@
 """Where musebot's notes go: one small family of outputs with a common base class.
 
 Modelled on mido's ports: the public ``send``/``panic``/``close`` live in :class:`Output` (which keeps the
-:class:`~musebot.realtime.ledger.NoteLedger` of sounding notes), subclasses implement only ``_send`` and
+:class:`~musebot.realtime.io.ledger.NoteLedger` of sounding notes), subclasses implement only ``_send`` and
 ``_close``. :class:`MemoryOutput` records what it is sent, so logic above the port is testable without
 any MIDI system.
 """
@@ -17,7 +17,8 @@ import numpy as np
 from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.errors import PortNotFoundError, RealtimeError, SoundfontNotFoundError
-from musebot.realtime.ledger import NoteLedger
+from musebot.realtime.io import system
+from musebot.realtime.io.ledger import NoteLedger
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Output:
             return self._send_guarded(msg)
 
     def panic(self, all_channels: bool = False) -> int:
-        """Silence all this output sounds (see :mod:`musebot.realtime.ledger`); returns the messages sent."""
+        """Silence all this output sounds (see :mod:`musebot.realtime.io.ledger`); returns the messages sent."""
         with self._lock:
             if self.closed:
                 return 0
@@ -131,16 +132,7 @@ class RtMidiOutput(Output):
         if self.virtual:
             port.open_virtual_port(self.port_name)
             return port
-        names = port.get_ports()
-        index = find_port(names, self.port_name)
-        if index is None:
-            port.delete()
-            raise PortNotFoundError(
-                f"no MIDI output named {self.port_name!r}; outputs are: {', '.join(names) or 'none'}"
-                " (list them with `musebot ports`)"
-            )
-        port.open_port(index, "out")
-        self.name = names[index]
+        self.name = system.open_named_port(port, self.port_name, "MIDI output", "out")
         return port
 
     def reopen(self) -> None:
@@ -159,14 +151,6 @@ class RtMidiOutput(Output):
     def _close(self) -> None:
         self._port.close_port()
         self._port.delete()
-
-
-def find_port(names: list[str], wanted: str) -> int | None:
-    """Index of the port called ``wanted``: exact name first, then a unique case-insensitive substring."""
-    if wanted in names:
-        return names.index(wanted)
-    matches = [i for i, name in enumerate(names) if wanted.lower() in name.lower()]
-    return matches[0] if len(matches) == 1 else None
 
 
 # Where SoundFonts are looked for when none is given: the repository's own, then the Debian/Ubuntu ones.

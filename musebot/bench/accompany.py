@@ -13,7 +13,7 @@ model by default). Measured, all on the one clock (spec ``realtime-field.md`` §
 * ``planning``: events generated, compute, headroom, re-plans, guesses of the musician confirmed or not,
   times the planner fell behind and degraded.
 
-``python -m musebot.realtime.bench_accompany --play ...`` is the musician process (internal).
+``python -m musebot.bench.accompany --play ...`` is the musician process (internal).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musebot.realtime import ports
+from musebot.realtime.io import system as ports
 from musebot.realtime.clock import now, sleep_until
 from musebot.realtime.constraints import NOTE_NAMES, SCALES
 
@@ -135,7 +135,7 @@ def run_accompany_bench(args: argparse.Namespace) -> dict:
 
 def _measure(args: argparse.Namespace, model, server: str) -> dict:
     """A daemon in accompany mode against the musician process, on the JACK server ``server``."""
-    from musebot.realtime.band import BandConfig
+    from musebot.realtime.modes.band import BandConfig
     from musebot.realtime.config import ServeConfig
     from musebot.realtime.daemon import Daemon, ServeOptions
 
@@ -154,7 +154,7 @@ def _measure(args: argparse.Namespace, model, server: str) -> dict:
         tb = accompanist.timebase
         origin = tb.time_at(float(int(tb.beat_at(now())) + 2))  # the musician starts on a beat, 2 beats in
         musician = subprocess.Popen(
-            [sys.executable, "-m", "musebot.realtime.bench_accompany", "--play", str(origin), str(args.bpm),
+            [sys.executable, "-m", "musebot.bench.accompany", "--play", str(origin), str(args.bpm),
              str(args.minutes), str(args.key_bars)], stdout=subprocess.PIPE, text=True)
         out, _ = musician.communicate(timeout=args.minutes * 60 + 60)
         if musician.returncode:

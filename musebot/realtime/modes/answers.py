@@ -8,7 +8,7 @@ came back in can never schedule it.
 
 :class:`EchoAnswerer` is not a model: it plays the call back (Pachet's Continuator "standalone" reflex,
 spec ``realtime-field.md`` §1.2), for use without a model and for testing the plumbing. It says so in the
-log. :class:`musebot.realtime.worker.ModelAnswerer` is the neural one.
+log. :class:`musebot.realtime.modes.call_worker.ModelAnswerer` is the neural one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from musebot.realtime import midi
-from musebot.realtime.outputs import Output
+from musebot.realtime.io.outputs import Output
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.tracker import PlayedNote
 

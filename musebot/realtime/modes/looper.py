@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from musebot.realtime import midi
-from musebot.realtime.band import MUSICIAN_TRACK, STEPS, Band, BandConfig
+from musebot.realtime.modes.band import MUSICIAN_TRACK, STEPS, Band, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import LiveSettings, PartConfig, PartMasks, shift_to_c
-from musebot.realtime.outputs import Output
+from musebot.realtime.io.outputs import Output
 from musebot.realtime.roles import ROLES, BarNote, RoleClassifier, split_roles
 from musebot.realtime.scheduler import Scheduler
 

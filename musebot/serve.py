@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="'virtual' (default), an input port name, or 'none'")
     serve.add_argument(
         "--output", action="append", dest="outputs", metavar="NAME",
-        help="'virtual' (default), 'fluidsynth', or an output port name; repeat for several",
+        help="'virtual' (default), 'fluidsynth', an output port name, or 'none' (with --port: the browser "
+        "page plays); repeat for several",
     )
     serve.add_argument("--api", choices=API_CHOICES, help="MIDI system (default: JACK if running, else ALSA)")
     serve.add_argument("--record", metavar="FILE.mid",
@@ -42,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="serve the HTTP/WebSocket API and the browser page on this TCP port (0: any free)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address the API and OSC listen on (default %(default)s; others need a token)")
+    serve.add_argument("--allow-host", action="append", dest="allow_hosts", default=[], metavar="NAME",
+                       help="a Host name the API answers besides loopback and --host (repeatable)")
     serve.add_argument("--token", help="API token (off loopback one is generated and printed if not given)")
     serve.add_argument("--osc-port", type=int, metavar="N", help="OSC control on this UDP port")
     serve.set_defaults(func=run_serve)
@@ -136,7 +139,7 @@ def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...
 
 def add_band_arguments(parser: argparse.ArgumentParser) -> None:
     """Settings of ``--mode accompany`` and ``--mode looper`` (BandConfig fields)."""
-    from musebot.realtime.band import BandConfig
+    from musebot.realtime.modes.band import BandConfig
 
     band = BandConfig()
     group = parser.add_argument_group("accompany and looper")
@@ -174,7 +177,7 @@ def add_band_arguments(parser: argparse.ArgumentParser) -> None:
 
 def band_from_args(args: argparse.Namespace):
     """The BandConfig of ``--mode accompany|looper`` (None for the other modes)."""
-    from musebot.realtime.band import BAND_MODES, BandConfig
+    from musebot.realtime.modes.band import BAND_MODES, BandConfig
 
     if args.mode not in BAND_MODES:
         return None
@@ -218,7 +221,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def run_ports(args: argparse.Namespace) -> int:
-    from musebot.realtime.ports import list_ports
+    from musebot.realtime.io.system import list_ports
 
     names = (args.api,) if args.api else API_CHOICES
     found_any = False
@@ -255,7 +258,8 @@ def run_serve(args: argparse.Namespace) -> int:
         answer=args.answer, model=args.model, soundfont=args.soundfont,
         fluidsynth_driver=args.fluidsynth_driver,
         fluidsynth_file=args.fluidsynth_file, record=args.record,
-        port=args.port, host=args.host, token=args.token, osc_port=args.osc_port, band=band,
+        port=args.port, host=args.host, allow_hosts=args.allow_hosts, token=args.token,
+        osc_port=args.osc_port, band=band,
     )
     for flag, port in (("--port", args.port), ("--osc-port", args.osc_port)):
         if port is not None and not 0 <= port <= 65535:
@@ -271,21 +275,21 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_bench_accompany(args: argparse.Namespace) -> int:
-    from musebot.realtime.bench_accompany import run_accompany_bench
+    from musebot.bench.accompany import run_accompany_bench
 
     return _report(run_accompany_bench(args), args.json)
 
 
 def run_fit_roles(args: argparse.Namespace) -> int:
     from musebot.realtime.roles import MODEL_FILE
-    from musebot.realtime.roles_fit import run_fit_roles as fit
+    from musebot.tools.roles_fit import run_fit_roles as fit
 
     args.out = args.out or str(MODEL_FILE)
     return fit(args)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from musebot.realtime.demo import run_demo as demo
+    from musebot.tools.demo import run_demo as demo
 
     config = config_from_args(args)
     use_shipped_model(args)
@@ -293,10 +297,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from musebot.realtime.bench import run_realtime_bench
+    from musebot.bench.realtime import run_realtime_bench
 
     if args.ws:
-        from musebot.server.bench import run_ws_bench
+        from musebot.bench.ws import run_ws_bench
 
         figures = run_ws_bench(args)
     else:

@@ -21,8 +21,9 @@ import json
 import logging
 import time
 
-from musebot.realtime import midi, ports
-from musebot.realtime.bench import _percentiles, _Probe
+from musebot.realtime import midi
+from musebot.realtime.io import system as ports
+from musebot.bench.realtime import _percentiles, _Probe
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 

@@ -3,7 +3,7 @@
 :class:`Band` holds the timebase (internal clock, external MIDI clock, clock out, metronome and count-in),
 the parts' programs, their scheduling with the live constraints (:mod:`constraints`), the telemetry of
 planned against sent times, and panic. It offers the listener interface of
-:class:`~musebot.realtime.duet.Duet` (``handle``, ``tick``, ``panic``, ``set_mode``), so the daemon runs it
+:class:`~musebot.realtime.modes.call.Duet` (``handle``, ``tick``, ``panic``, ``set_mode``), so the daemon runs it
 in its listener thread, and the answerer's (``name``, ``set_tempo``, ``set_temperature``, ``close``), so
 the network API can talk to it. :func:`make_band` builds the one a serve session asks for.
 """
@@ -27,7 +27,7 @@ from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import NOTE_NAMES, KeyLock, KeyTracker, LiveSettings, PartConfig
-from musebot.realtime.outputs import Output
+from musebot.realtime.io.outputs import Output
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.timebase import ClockFollower, ClockSender, Meter, Metronome, Timebase
 
@@ -152,7 +152,7 @@ class Band:
         self._send_programs()
         if self.follower is not None:
             if api is not None:
-                from musebot.realtime.timebase import ClockInput
+                from musebot.realtime.io.inputs import ClockInput
 
                 self.clock_input = ClockInput(api, self.follower, None if band.clock_in == "virtual"
                                               else band.clock_in)
@@ -390,9 +390,9 @@ def make_band(config: ServeConfig, band: BandConfig, scheduler: Scheduler, outpu
     if band.mode == "accompany":
         if engine is None:
             raise RealtimeError("--mode accompany needs --model DIR (the parts come from the model)")
-        from musebot.realtime.accompany import Accompanist
+        from musebot.realtime.modes.accompany import Accompanist
 
         return Accompanist(engine, config, band, scheduler, outputs, settings, api)
-    from musebot.realtime.looper import Looper
+    from musebot.realtime.modes.looper import Looper
 
     return Looper(config, band, scheduler, outputs, settings, engine, api)

@@ -15,7 +15,7 @@ share one context, each on its own track. Generation runs ahead of the playhead 
 * when generation falls behind, the planner degrades: it stops guessing the musician's part and plans a
   shorter way ahead; a note it could not fix in time is dropped and counted, never sent late.
 
-The clock, the parts' scheduling, telemetry and panic are the :class:`~musebot.realtime.band.Band`'s.
+The clock, the parts' scheduling, telemetry and panic are the :class:`~musebot.realtime.modes.band.Band`'s.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import numpy as np
 
 from musebot.engine.masks import DRUM_CHANNEL
 from musebot.realtime import midi
-from musebot.realtime.band import MUSICIAN_TRACK, PART_TAG, STEPS, Band, BandConfig
+from musebot.realtime.modes.band import MUSICIAN_TRACK, PART_TAG, STEPS, Band, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import LiveSettings, PartMasks, PartsConfigError
-from musebot.realtime.outputs import Output
+from musebot.realtime.io.outputs import Output
 from musebot.realtime.scheduler import Scheduler
-from musebot.realtime.worker import KeyFollower
+from musebot.realtime.modes.call_worker import KeyFollower
 
 if TYPE_CHECKING:
     from musebot.engine.engine import Engine

@@ -14,10 +14,10 @@ import logging
 from collections.abc import Sequence
 
 from musebot.realtime import midi
-from musebot.realtime.answers import Answerer, AnswerSlot
+from musebot.realtime.modes.answers import Answerer, AnswerSlot
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.outputs import Output
-from musebot.realtime.recorder import SessionRecorder
+from musebot.realtime.io.outputs import Output
+from musebot.realtime.io.recorder import SessionRecorder
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.tracker import NoteTracker
 

@@ -1,6 +1,6 @@
 """``musebot demo``: a built-in performance played into the real-time pipeline, recorded, rendered and drawn.
 
-The performance goes through the same :class:`~musebot.realtime.duet.Duet`, scheduler and answerer as
+The performance goes through the same :class:`~musebot.realtime.modes.call.Duet`, scheduler and answerer as
 ``musebot serve`` (messages are handed to the listener's entry point at their due times, in real time);
 only the ports are replaced by a memory output. Written to ``--out``: ``duet.mid`` (musician on track 1,
 musebot on track 2, seed in a text meta event and ``duet.mid.json``), ``duet.wav`` (FluidSynth, rendered
@@ -19,12 +19,12 @@ from pathlib import Path
 import mido
 
 from musebot.realtime import midi
-from musebot.realtime.answers import AnswerSlot, EchoAnswerer
+from musebot.realtime.modes.answers import AnswerSlot, EchoAnswerer
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.duet import Duet
-from musebot.realtime.outputs import FluidSynthOutput, MemoryOutput
-from musebot.realtime.recorder import PARTS, SessionRecorder, read_session_meta
+from musebot.realtime.modes.call import Duet
+from musebot.realtime.io.outputs import FluidSynthOutput, MemoryOutput
+from musebot.realtime.io.recorder import PARTS, SessionRecorder, read_session_meta
 from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def play_performance(config: ServeConfig, performance: Performance, model: str |
     if kind == "model":
         if not model:
             raise ValueError("--answer model needs --model DIR")
-        from musebot.realtime.worker import ModelAnswerer
+        from musebot.realtime.modes.call_worker import ModelAnswerer
 
         answerer = ModelAnswerer.load(model, slot, config)
     else:

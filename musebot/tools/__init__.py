@@ -1,0 +1,1 @@
+"""Tools outside the live path: the demo, fitting the role classifier, audio helpers."""
