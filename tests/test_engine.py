@@ -410,22 +410,25 @@ def test_generate_reports_bad_input_in_one_line(model_dir, tmp_path, capsys):
     assert len(errors) == 2 and "not a MIDI file" in errors[0] and "config.json" in errors[1]
 
 
-def test_bench_reports_every_figure(model_dir, reference_dir, capsys):
+def test_bench_reports_every_figure(model_dir, capsys):
     from musebot.cli import main
 
-    assert main(["bench", "--model", str(model_dir), "--checkpoint", str(reference_dir / "sky_shared"),
-                 "--context", "48", "--events", "4", "--json"]) == 0
+    assert main(["bench", "--model", str(model_dir), "--context", "48", "24", "--events", "4",
+                 "--generate", "8", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
-    for name in ("engine_cached", "ort_uncached", "torch_eager", "prefill"):
-        assert figures[name]["p50_ms"] > 0 and figures[name]["p99_ms"] >= figures[name]["p50_ms"]
-    assert figures["engine_cached"]["ort_p50_ms"] > 0
-    assert figures["base_graph"] == {"layers": 4, "heads": 4, "head_dim": 16}
-    assert figures["token_graph"] == {"layers": 1, "heads": 1, "head_dim": 64}
-    # Without torch weights the torch baseline says why it is missing instead of failing.
-    assert main(["bench", "--model", str(model_dir), "--context", "16", "--events", "2"]) == 0
+    assert [run["context_events"] for run in figures["runs"]] == [48, 24]
+    for run in figures["runs"]:
+        for f in (run["reference"], run["engine"]["fp32"], run["prefill"]):
+            assert f["p50_ms"] > 0 and f["p99_ms"] >= f["p50_ms"]
+        engine = run["engine"]["fp32"]
+        assert engine["ort_p50_ms"] > 0 and engine["speedup_vs_reference"] > 0
+        # The reference pair reads its whole head per token call: the same bytes as the engine over it.
+        assert engine["weight_mb_per_event"] == run["reference"]["weight_mb_per_event"] > 0
+        assert engine["floor_ms"] > 0
+    assert figures["generate"]["events"] == 8 and figures["generate"]["speedup"] > 0
+    assert main(["bench", "--model", str(model_dir), "--context", "16", "--events", "2", "--generate", "0"]) == 0
     report = capsys.readouterr().out
-    assert "(a) engine, KV cache" in report and "% of model time" in report
-    assert "torch eager, KV cache  skipped: no torch checkpoint" in report
+    assert "| reference loop (fp32, full vocab, numpy) |" in report and "| engine fp32 (default) |" in report
 
 
 def test_hugging_face_layout_with_graphs_in_an_onnx_folder_loads(model_dir, tmp_path, prompt):

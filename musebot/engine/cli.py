@@ -31,12 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-duration", type=int, metavar="STEPS", help="longest note, in 1/16 beats")
     p.set_defaults(func=_generate)
 
-    p = subparsers.add_parser("bench", help="per-event latency of the engine vs uncached ORT and torch eager")
+    p = subparsers.add_parser(
+        "bench", help="engine speed at each precision against the plain reference loop (or: bench accuracy)")
+    p.add_argument("what", nargs="?", default="speed", choices=["speed", "accuracy"],
+                   help="speed (default) or accuracy: each precision against fp32, teacher-forced on real music")
     _model_args(p)
-    p.add_argument("--checkpoint", type=Path, metavar="PATH",
-                   help="torch weights for the torch-eager baseline (default: model.safetensors in --model)")
-    p.add_argument("--context", type=int, default=512, metavar="N", help="context length in events (default 512)")
+    p.add_argument("--shape", metavar="NAME", help="time a random model of this shape instead (e.g. tv2o-medium)")
+    p.add_argument("--context", type=int, nargs="+", default=[512], metavar="N",
+                   help="context lengths in events (default 512)")
     p.add_argument("--events", type=int, default=100, metavar="N", help="timed events per figure (default 100)")
+    p.add_argument("--generate", type=int, default=512, metavar="N",
+                   help="also time a whole generation of N events from BOS (default 512; 0: skip)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=_bench)
 
@@ -47,6 +52,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "default: the shipped model in musebot/assets/model")
     p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime CPU threads (default 1)")
+    p.add_argument("--precision", default=None, metavar="P",
+                   help="fp32, fp16, int8 or int4 graphs (default: the best the model has for the provider; "
+                        "bench: a comma-separated list, default every precision the model has)")
 
 
 def _model_dir(args: argparse.Namespace) -> Path:
@@ -67,7 +75,8 @@ def _load_engine(args: argparse.Namespace):
     if args.threads < 1:
         raise CommandError(f"--threads must be >= 1, got {args.threads}")
     try:
-        return Engine.load(_model_dir(args), provider=args.provider, threads=args.threads)
+        return Engine.load(_model_dir(args), provider=args.provider, threads=args.threads,
+                           precision=args.precision)
     except ModelLoadError as exc:
         raise CommandError(str(exc)) from exc
 
@@ -114,19 +123,35 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from musebot.engine.bench import format_report, run_bench
+    if args.events < 1 or min(args.context) < 2 or args.threads < 1:
+        raise CommandError("--events and --threads must be >= 1 and --context >= 2")
+    precisions = None
+    if args.precision:
+        from musebot.export.cli import parse_precisions
 
-    model_dir = _model_dir(args)
-    checkpoint = args.checkpoint
-    if checkpoint is None and any(model_dir.glob("*.safetensors")):
-        checkpoint = model_dir
-    if args.events < 1 or args.context < 2:
-        raise CommandError("--events must be >= 1 and --context >= 2")
-    _load_engine(args)  # fail early, with a clear message, on a bad folder
-    results = run_bench(model_dir, checkpoint, args.context, args.events, args.threads, args.provider)
+        precisions = tuple(parse_precisions(args.precision))
+    if args.what == "accuracy":
+        from musebot.bench.accuracy import format_accuracy, run_accuracy
+
+        results = run_accuracy(_model_dir(args), precisions, threads=args.threads)
+        report = format_accuracy(results)
+    else:
+        from musebot.bench.engine import format_report, run_bench
+
+        model_dir = None if args.shape else _model_dir(args)
+        if model_dir is not None:
+            from musebot.engine.engine import Engine, ModelLoadError
+
+            try:  # fail early, with a clear message, on a bad folder
+                Engine.load(model_dir, provider=args.provider, threads=args.threads)
+            except ModelLoadError as exc:
+                raise CommandError(str(exc)) from exc
+        results = run_bench(model_dir, tuple(args.context), args.events, args.threads, args.provider, precisions,
+                            args.shape, args.generate)
+        report = format_report(results)
     if args.json:
         json.dump(results, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_report(results))
+        print(report)
     return 0
