@@ -13,9 +13,12 @@
   ever names a file).
 
 Robustness: every frame and body is size-checked and validated against a schema; a bad one gets an
-``error`` reply and the connection stays usable; token buckets bound the rate per connection (WebSocket)
-and per address (HTTP). Off loopback a token is required. The daemon's threads never wait on the network:
-events are handed to the loop with ``call_soon_threadsafe`` and a slow client's queue drops, not blocks.
+``error`` reply and the connection stays usable; token buckets bound the rate per client address (HTTP
+requests, WebSocket frames of all its connections together). Off loopback a token is required. Web pages
+of other sites are kept out (Host allow-list, Origin, no simple cross-site writes, preflight refused) and
+connections are capped and timed out: see :mod:`musebot.server.security`. The daemon's threads never wait
+on the network: events are handed to the loop with ``call_soon_threadsafe`` and a slow client's queue
+drops, not blocks.
 """
 
 from __future__ import annotations
@@ -29,15 +32,16 @@ import secrets
 import threading
 from importlib import resources
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
 from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.errors import RealtimeError
-from musebot.server import schemas
+from musebot.server import schemas, security
 from musebot.server.control import Control, SettingsError, modes
+from musebot.server.security import Buckets, TokenBucket, json_response
+from musebot.server.security import error_response as _error
 
 if TYPE_CHECKING:
     from musebot.realtime.daemon import Daemon
@@ -68,31 +72,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; :meth:`take` is False when empty (the message is refused)."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.last = burst, now()
-
-    def take(self) -> bool:
-        t = now()
-        self.tokens = min(self.burst, self.tokens + (t - self.last) * self.rate)
-        self.last = t
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class Client:
     """One WebSocket connection: its outgoing queue, rate limit, and the notes it holds as performer."""
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, peer: str, bucket: TokenBucket) -> None:
         self.ws = ws
         self.peer = peer
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=CLIENT_QUEUE)
-        self.bucket = TokenBucket(*WS_RATE)
+        self.bucket = bucket  # shared by every connection from the same address
         self.held: set[tuple[int, int]] = set()  # (channel, pitch) of its note-ons not yet released
         self.dropped = 0
 
@@ -127,7 +114,12 @@ class ApiServer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stopped: asyncio.Event | None = None
-        self._http_buckets: dict[str, TokenBucket] = {}
+        self._http_buckets = Buckets(*HTTP_RATE)
+        self._ws_buckets = Buckets(*WS_RATE)
+        self.policy = security.HostPolicy(self.host, options.allow_hosts)
+        self.max_connections = security.MAX_CONNECTIONS
+        self.site: security.CappedSite | None = None
+        self._log_limiter = security.LogLimiter()
         self._settings = schemas.Validator(schemas.settings_schema(modes()))
         self._frames = schemas.Validator(schemas.CLIENT_MESSAGE_SCHEMA)
         self._openapi = json.dumps(schemas.openapi_document(modes(), bool(self.token)))
@@ -163,6 +155,7 @@ class ApiServer:
     def _serve(self) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
+        self._log_limiter.install()
         try:
             self.loop.run_until_complete(self._main())
         except BaseException as exc:  # reported to start() or logged
@@ -172,16 +165,21 @@ class ApiServer:
             else:
                 log.exception("API server stopped on an error")
         finally:
+            self._log_limiter.remove()
             self.loop.close()
 
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
         if self.port is not None:
             app = self.make_app()
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            # keepalive_timeout runs from the connection's start until a complete request, then between
+            # requests: the header timeout (slowloris) and the idle timeout in one (aiohttp >= 3.10).
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                         keepalive_timeout=security.IDLE_TIMEOUT_S, handler_cancellation=True)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-            await site.start()
+            self.site = security.CappedSite(self._runner, self.host, self.port, self.max_connections,
+                                            reuse_address=True)
+            await self.site.start()
             self.port = self._runner.addresses[0][1]
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.url = f"http://{host}:{self.port}/"
@@ -217,23 +215,20 @@ class ApiServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
-        """Rate limit, same-origin check and token, before any handler runs."""
-        peer = request.remote or "?"
-        bucket = self._http_buckets.get(peer)
-        if bucket is None:
-            if len(self._http_buckets) > 1024:
-                self._http_buckets.clear()
-            bucket = self._http_buckets[peer] = TokenBucket(*HTTP_RATE)
-        if not bucket.take():
+        """Rate limit, web-page rules (:mod:`musebot.server.security`) and token, before any handler runs."""
+        if not self._http_buckets.take(request.remote or "?"):
             return _error(429, "too many requests: slow down")
+        # A page from another site must not drive musebot through the musician's browser.
+        refused = security.refusal(request, self.policy)
+        if refused is not None:
+            if refused.status >= 400:
+                log.info("API: refused %s %s: %s", request.method, request.path, refused.text)
+            return refused
         protected = request.path.startswith("/api/") or request.path == "/ws"
-        if protected:
-            origin = request.headers.get("Origin")
-            # A page from another site must not drive musebot through the musician's browser.
-            if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-                return _error(403, f"cross-origin request from {origin} refused")
-            if self.token and not self._token_ok(request):
-                return _error(401, "missing or wrong token: send Authorization: Bearer TOKEN")
+        if protected and self.token and not self._token_ok(request):
+            return _error(401, "missing or wrong token: send Authorization: Bearer TOKEN")
+        busy = self.site.busy if self.site is not None else set()
+        busy.add(request.protocol)  # the connection cap never cuts a request in progress
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
@@ -243,6 +238,8 @@ class ApiServer:
         except Exception:  # a bug answers 500 in JSON and is logged; the server goes on
             log.exception("API: error on %s %s", request.method, request.path)
             return _error(500, "internal error (logged by the daemon)")
+        finally:
+            busy.discard(request.protocol)
 
     def _token_ok(self, request: web.Request) -> bool:
         given = request.headers.get("X-Musebot-Token") or request.query.get("token") or ""
@@ -255,17 +252,20 @@ class ApiServer:
         return {"observers": len(self.clients), "performer": self.performer is not None}
 
     async def get_status(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.control.status(self._clients_summary()))
+        return json_response(self.control.status(self._clients_summary()))
 
     async def get_settings(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.control.settings())
+        return json_response(self.control.settings())
 
     async def patch_settings(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             return _error(415, "send the settings as application/json")
         if request.content_length is not None and request.content_length > schemas.MAX_BODY_BYTES:
             return _error(413, f"body larger than {schemas.MAX_BODY_BYTES} bytes")
-        raw = await request.read()
+        try:  # a body trickled byte by byte must not hold the handler
+            raw = await asyncio.wait_for(request.read(), security.BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return _error(408, f"body not received within {security.BODY_TIMEOUT_S:g} s")
         try:
             changes = schemas.parse_json(raw)
         except schemas.BadJson as exc:
@@ -278,10 +278,10 @@ class ApiServer:
         except SettingsError as exc:
             return _error(exc.status, str(exc))
         log.info("settings changed over HTTP: %s", changes)
-        return web.json_response(settings)
+        return json_response(settings)
 
     async def post_panic(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "panics": self.control.panic("panic over the API")})
+        return json_response({"ok": True, "panics": self.control.panic("panic over the API")})
 
     async def get_openapi(self, _request: web.Request) -> web.Response:
         return web.Response(text=self._openapi, content_type="application/json")
@@ -302,7 +302,8 @@ class ApiServer:
         # aiohttp closes on frames above max_msg_size; ours is lower, so an oversized frame is answered.
         ws = web.WebSocketResponse(max_msg_size=64 * schemas.MAX_FRAME_BYTES, heartbeat=30)
         await ws.prepare(request)
-        client = Client(ws, request.remote or "?")
+        peer = request.remote or "?"
+        client = Client(ws, peer, self._ws_buckets.get(peer))
         self.clients.add(client)
         sender = asyncio.ensure_future(self._send_loop(client))
         client.push(json.dumps({
@@ -444,10 +445,3 @@ class ApiServer:
         t = now()
         for msg in released:
             self._post({"type": "played", "t": t, "due": None, "data": list(msg), "tag": tag or "panic"})
-
-
-def _error(status: int, message: str, details: str | None = None) -> web.Response:
-    body = {"error": message}
-    if details:
-        body["details"] = details
-    return web.json_response(body, status=status)

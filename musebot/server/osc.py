@@ -8,8 +8,14 @@ Addresses (arguments in brackets; with a token, every message's first argument i
   ``/musebot/pitch_range [i i]``
 
 Each message is turned into a settings object and checked against the same schema as ``PATCH
-/api/settings``. The sender gets ``/musebot/ok [address]`` or ``/musebot/error [reason]`` back (OSC has
-no replies of its own; Aria's bridge and Somax2 answer the same way). A global token bucket bounds the rate.
+/api/settings`` (NaN and infinities refused). The sender gets ``/musebot/ok [address]`` or ``/musebot/error
+[reason]`` back (OSC has no replies of its own; Aria's bridge and Somax2 answer the same way). A token
+bucket per sender address bounds the rate; with a token, it is checked before anything else is done.
+
+Bundles: their messages are handled at once, in order, and the timetag is ignored. python-osc's own
+dispatcher sleeps until a future timetag on the event loop, so one 28-byte bundle froze HTTP, WebSocket
+and OSC; scheduling them instead (``call_later``) would keep state for any sender and play a panic late.
+musebot's addresses are settings and panic, whose effect needs no sub-second timing.
 """
 
 from __future__ import annotations
@@ -18,18 +24,19 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 
-from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.osc_server import AsyncIOOSCUDPServer
+from pythonosc.osc_packet import OscPacket
 
 from musebot.server.control import Control, SettingsError
 from musebot.server.schemas import Validator
+from musebot.server.security import Buckets
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/musebot/"
-OSC_RATE = (200.0, 400.0)  # messages per second, burst (all senders together)
+OSC_RATE = (200.0, 400.0)  # messages per second, burst (per sender address)
 
 
 def _settings_of(name: str, args: list) -> dict:
@@ -38,7 +45,8 @@ def _settings_of(name: str, args: list) -> dict:
     if name == "answer_beats":
         return {"answer_beats": None if one in (0, 0.0) else one}
     if name == "thru":
-        return {"thru": bool(one) if isinstance(one, (int, float)) else one}
+        # bool(NaN) is True: a non-finite number goes on to the validator, which refuses it.
+        return {"thru": bool(one) if isinstance(one, (int, float)) and math.isfinite(one) else one}
     if name == "channel":
         return {"parts": {"answer": {"channel": one}}}
     if name == "pitch_range":
@@ -46,26 +54,42 @@ def _settings_of(name: str, args: list) -> dict:
     return {name: one}
 
 
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: OscControl) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.owner.received(data, addr)
+
+
 class OscControl:
     """An OSC server on the API's event loop; replies go back to the sender's address."""
 
     def __init__(self, control: Control, host: str, port: int, token: str | None, settings: Validator) -> None:
-        from musebot.server.app import TokenBucket
-
         self.control = control
         self.host = host
         self.port = port
         self.token = token
         self.settings = settings
-        self.bucket = TokenBucket(*OSC_RATE)
+        self.buckets = Buckets(*OSC_RATE)
         self.transport: asyncio.DatagramTransport | None = None
-        self.dispatcher = Dispatcher()
-        self.dispatcher.set_default_handler(self._handle, needs_reply_address=True)
 
     async def start(self) -> None:
-        server = AsyncIOOSCUDPServer((self.host, self.port), self.dispatcher, asyncio.get_running_loop())
-        self.transport, _ = await server.create_serve_endpoint()
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
+                                                                local_addr=(self.host, self.port))
         self.port = self.transport.get_extra_info("sockname")[1]
+
+    def received(self, data: bytes, sender: tuple) -> None:
+        """One datagram: a message, or a bundle whose messages are handled now (see the module docstring)."""
+        try:
+            messages = [timed.message for timed in OscPacket(data).messages]
+        # ParseError, or what a hostile bundle raises inside python-osc (RecursionError on deep nesting)
+        except Exception as exc:  # noqa: BLE001 - no datagram may stop the server
+            log.info("OSC: datagram from %s not understood: %s", sender[0], type(exc).__name__)
+            return
+        for message in messages:
+            self._handle(sender, message.address, *message.params)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -79,7 +103,7 @@ class OscControl:
             self.transport.sendto(builder.build().dgram, to)
 
     def _handle(self, sender: tuple, address: str, *args: object) -> None:
-        if not self.bucket.take():
+        if not self.buckets.take(sender[0]):
             return  # a flood gets no replies either: they would feed it
         try:
             self._reply(sender, *self._dispatch(address, list(args)))

@@ -9,6 +9,7 @@ of OpenAPI 3.1 (https://spec.openapis.org/oas/v3.1.0#schema-object).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 import jsonschema
@@ -178,14 +179,35 @@ def parse_json(text: str | bytes) -> object:
         raise BadJson(str(exc)[:200]) from None
 
 
+def non_finite(instance: object, where: str = "message", depth: int = 0) -> str | None:
+    """Where ``instance`` holds a NaN or an infinity (OSC floats, a JSON number like 1e400), else None."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        return where
+    if depth > 32:  # deeper than any schema of ours: the schema refuses it anyway
+        return None
+    items = instance.items() if isinstance(instance, dict) else enumerate(instance) \
+        if isinstance(instance, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite(value, f"{where}/{key}" if where != "message" else str(key), depth + 1)
+        if found:
+            return found
+    return None
+
+
 class Validator:
-    """A compiled schema whose :meth:`check` returns None for a valid instance, else a one-line reason."""
+    """A compiled schema whose :meth:`check` returns None for a valid instance, else a one-line reason.
+
+    NaN and infinities are refused before the schema: NaN passes every ``minimum``/``maximum`` (each
+    comparison is false), and one in the settings would make ``/api/settings`` invalid JSON."""
 
     def __init__(self, schema: dict) -> None:
         jsonschema.Draft202012Validator.check_schema(schema)
         self._validator = jsonschema.Draft202012Validator(schema)
 
     def check(self, instance: object) -> str | None:
+        where = non_finite(instance)
+        if where:
+            return f"{where}: not a finite number (NaN and infinity are refused)"[:300]
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(instance))
         if error is None:
             return None
