@@ -10,8 +10,12 @@ symbolic notes:
   ``outside`` times the weight off them, minus ``missing`` for each of its tones that is absent (so a triad
   is not heard as a seventh chord, and a seventh chord is when its seventh sounds); a chord whose root is the
   bass gains ``root_bonus``;
-* priors: the chord of the previous beat gains ``stay`` (hysteresis: a passing note does not change the
-  chord), chords inside the key (when one is given) gain ``in_key``.
+* priors: the chord of the previous beat gains ``stay``, and ``held_stay`` more in proportion to the
+  share of the beat's sound held over from before it (hysteresis: a chord changes with new attacks, so a
+  passing note under a held voicing does not change it); chords inside the key (when one is given) gain
+  ``in_key``;
+* notes in the second half of the beat count ``late`` times as much as in the first (metric weight: passing
+  notes fall off the beat).
 
 A beat with no note keeps the previous chord. :meth:`ChordTracker.baseline` is plain template matching (no
 bass weighting, no priors), the benchmark's reference. Pure and cheap: a few small numpy products per beat,
@@ -27,6 +31,7 @@ import numpy as np
 
 from musebot.realtime.chords import Chord, make_chord, parse_chord
 
+HELD_EPS = 0.05  # a note struck this share of a beat before the window still counts as struck in it
 QUALITIES = ("", "m", "7", "maj7", "m7", "m7b5", "dim", "dim7", "aug")
 # How much a missing chord tone counts against a chord, by interval above the root: the root and third
 # define the chord, a seventh or an altered fifth its quality; a perfect fifth is often left out.
@@ -48,6 +53,7 @@ class TrackerConfig:
     in_key: float = 0.04  # a chord inside the key, when one is known
     velocity: bool = True  # scale a note's weight by its velocity
     late: float = 0.3  # weight of the beat's second half (off-beat passing notes) against its first
+    held_stay: float = 0.3  # more hysteresis, times the share of the beat's weight held from before it
 
 
 class ChordTracker:
@@ -79,12 +85,13 @@ class ChordTracker:
         self._roots = np.array([r for r, _ in self._labels])
         self._index = {label: k for k, label in enumerate(self._labels)}
         self._in_key_cache: dict[frozenset[int], np.ndarray] = {}
+        self._held_share = 0.0  # share of the latest window's weight from notes struck before it
 
     @classmethod
     def baseline(cls, qualities: tuple[str, ...] = QUALITIES) -> ChordTracker:
         """Plain template matching: pitch-class durations only, no bass weighting, no hysteresis, no key."""
         return cls(replace(TrackerConfig(qualities=qualities), bass_weight=0.0, root_bonus=0.0, stay=0.0,
-                           in_key=0.0, velocity=False, late=1.0))
+                           in_key=0.0, velocity=False, late=1.0, held_stay=0.0))
 
     def reset(self) -> None:
         """Forget every note and the current chord (a new song)."""
@@ -114,6 +121,7 @@ class ChordTracker:
         middle = start + length / 2
         weights = np.zeros(12)
         lowest: list[tuple[bool, int]] = []
+        held = 0.0
         notes = list(self._done) + [(on, end, p, v) for p, (on, v) in self._held.items()]
         for onset, stop, pitch, velocity in notes:
             overlap = min(stop, end) - max(onset, start)
@@ -125,9 +133,11 @@ class ChordTracker:
                 share -= (1.0 - self.config.late) * late / length
             scale = velocity / 100 if self.config.velocity else 1.0
             weights[pitch % 12] += share * scale
+            held += share * scale if onset < start - HELD_EPS * length else 0.0
             lowest.append((share < 0.25, pitch))
         while self._done and self._done[0][1] <= start and len(self._done) > 8:
             self._done.popleft()  # notes over before this window are not asked about again
+        self._held_share = held / weights.sum() if lowest else 0.0
         if not lowest:
             return weights, None
         bass = min(lowest)[1]
@@ -138,8 +148,7 @@ class ChordTracker:
     def scores(self, weights: np.ndarray, bass: int | None) -> np.ndarray:
         """The score of every template (``12 x len(qualities)``, root-major) for one window's weights."""
         c = self.config
-        total = weights.sum()
-        w = weights / total
+        w = weights / weights.sum()
         inside = self._templates @ w
         absent = np.clip((c.present - w) / c.present, 0.0, 1.0)
         scores = inside - c.outside * (1.0 - inside) - c.missing * (self._importance @ absent)
@@ -148,7 +157,7 @@ class ChordTracker:
         if self.chord is not None and c.stay and self.chord.root is not None:
             k = self._index.get((self.chord.root, self.chord.quality))
             if k is not None:
-                scores[k] += c.stay
+                scores[k] += c.stay + c.held_stay * self._held_share
         if self.key_scale is not None and c.in_key:
             scores = scores + c.in_key * self._inside_key(self.key_scale)
         return scores
@@ -167,9 +176,9 @@ class ChordTracker:
             return self.chord
         k = int(np.argmax(self.scores(weights, bass)))
         root, quality = self._labels[k]
-        chord = make_chord(root, quality, bass if bass is not None and self.config.bass_weight else None)
-        if bass is not None and bass not in chord.tones:
-            chord = make_chord(root, quality)  # a passing bass note is not the chord's bass
+        chord = make_chord(root, quality)
+        if bass is not None and self.config.bass_weight and bass in chord.tones:
+            chord = make_chord(root, quality, bass)  # an inversion (a passing bass note is no chord's bass)
         if self.chord is None or chord.root != self.chord.root or chord.quality != self.chord.quality:
             self.changes += self.chord is not None
             self.history.append((beat_start_t, chord))
