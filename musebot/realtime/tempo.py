@@ -53,10 +53,11 @@ class TrackerConfig:
     initial_confidence: float = 0.5  # how much the ``initial_bpm`` is trusted before any playing
     chord_window_s: float = 0.045  # onsets closer than this are one chord
     timing_sigma_s: float = 0.025  # expected timing noise of a human player
-    memory_s: float = 8.0  # events fade with this time constant
+    memory_s: float = 12.0  # events fade with this time constant
     window: int = 64  # most events considered
     candidates_per_octave: int = 70
     phases: int = 32  # phase grid per candidate, refined afterwards
+    chance_weight: float = 0.6  # how much of the fit expected by chance is subtracted (0..1)
     switch_margin: float = 0.06  # hysteresis: how much better a new hypothesis must fit
     free_events: int = 4  # up to this many events the estimate moves freely
 
@@ -109,7 +110,7 @@ def _template_coefficients(periods: np.ndarray, sigma_s: float) -> np.ndarray:
 
 
 def grid_fit(times: np.ndarray, weights: np.ndarray, periods: np.ndarray, phases: np.ndarray,
-             sigma_s: float) -> np.ndarray:
+             sigma_s: float, chance_weight: float = 1.0) -> np.ndarray:
     """Weighted template fit above chance, per period and phase (shape periods x phases), over sum(w).
 
     ``phases`` are in beats (0..1): a beat falls at times ``phase * T + k T``. See the module docstring.
@@ -122,9 +123,13 @@ def grid_fit(times: np.ndarray, weights: np.ndarray, periods: np.ndarray, phases
         moments[:, k] = power @ weights
     coef = _template_coefficients(periods, sigma_s)
     rot = np.exp(-2j * np.pi * np.outer(_HARMONICS, phases))  # harmonics x phases
-    # The constant term (c_0 times the total weight, the fit expected by chance) is left out: the excess.
-    fit = 2.0 * np.real((coef * moments) @ rot)
-    return fit / (float(weights.sum()) or 1.0)
+    # The constant term (c_0 times the total weight, the fit expected by chance) is left out: the excess;
+    # ``chance_weight`` < 1 adds part of it back.
+    fit = 2.0 * np.real((coef * moments) @ rot) / (float(weights.sum()) or 1.0)
+    if chance_weight < 1.0:
+        c0 = sigma_s / periods * math.sqrt(2 * math.pi) * sum(w for _, w in GRID)
+        fit = fit + (1.0 - chance_weight) * c0[:, None]
+    return fit
 
 
 def _snap(q: np.ndarray) -> np.ndarray:
@@ -301,7 +306,8 @@ class BeatTracker:
     def _fit_one(self, times: np.ndarray, weights: np.ndarray, bpm: float, beat: float) -> float:
         period = np.array([60.0 / bpm])
         phase = np.array([((beat - times[-1]) / period[0]) % 1.0])
-        fit = grid_fit(times - times[-1], weights, period, phase, self.config.timing_sigma_s)[0, 0]
+        fit = grid_fit(times - times[-1], weights, period, phase, self.config.timing_sigma_s,
+                       self.config.chance_weight)[0, 0]
         return float(fit + _log_prior(np.array([bpm]), self.config, self._prior_bpm, self._prior_conf)[0])
 
     def _refine(self, times: np.ndarray, weights: np.ndarray, bpm: float, beat: float) -> tuple[float, float]:
@@ -333,7 +339,7 @@ class BeatTracker:
             return
         times, weights = self._features()
         rel = times - times[-1]
-        fit = grid_fit(rel, weights, self._periods, self._phases, cfg.timing_sigma_s)
+        fit = grid_fit(rel, weights, self._periods, self._phases, cfg.timing_sigma_s, cfg.chance_weight)
         total = fit + _log_prior(self._bpms, cfg, self._prior_bpm, self._prior_conf)[:, None]
         flat = int(np.argmax(total))
         i, j = divmod(flat, total.shape[1])
