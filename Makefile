@@ -48,7 +48,7 @@ model: venv
 	  --lr 1e-3 --warmup-steps 150
 	$(VENV)/bin/musebot train --data runs/data $(TRAIN_FLAGS) --out $(MODEL_RUN)-2 --max-steps 1100 \
 	  --lr 6e-4 --warmup-steps 50 --max-pitch-shift 0 --init $(MODEL_RUN)-1/model
-	$(VENV)/bin/musebot export $(MODEL_RUN)-2/model --out musebot/assets/model
+	$(VENV)/bin/musebot export $(MODEL_RUN)-2/model --out musebot/assets/model --precision int8
 	cp $(MODEL_RUN)-2/model/model.safetensors musebot/assets/model/
 	$(VENV)/bin/musebot eval --data runs/data --plot runs/eval.png --json > runs/eval.json
 
