@@ -223,6 +223,10 @@ def openapi_document(modes: Sequence[str], token_required: bool) -> dict:
     """The OpenAPI 3.1 description of the HTTP part of the API (the WebSocket is described in prose)."""
     errors = {
         "401": {"description": "missing or wrong token", "content": _json({"$ref": "#/components/schemas/Error"})},
+        "403": {"description": "cross-origin request (a page of another site, or Origin: null)",
+                "content": _json({"$ref": "#/components/schemas/Error"})},
+        "421": {"description": "Host not served here (add it with --allow-host)",
+                "content": _json({"$ref": "#/components/schemas/Error"})},
         "429": {"description": "too many requests", "content": _json({"$ref": "#/components/schemas/Error"})},
     }
     security = [{"bearer": []}, {"tokenHeader": []}] if token_required else []
@@ -284,6 +288,9 @@ def openapi_document(modes: Sequence[str], token_required: bool) -> dict:
                     "summary": "stop the answer and release every note on every output and channel",
                     "responses": {
                         "200": {"description": "done", "content": _json({"$ref": "#/components/schemas/Panic"})},
+                        "415": {"description": "a body of a type a web page may send to any site (text/plain, "
+                                               "a form): send no body, or application/json",
+                                "content": _json({"$ref": "#/components/schemas/Error"})},
                         **errors,
                     },
                 },
