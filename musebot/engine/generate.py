@@ -8,32 +8,23 @@ on the percussion bank 128.
 
 from __future__ import annotations
 
-import logging
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from musebot.audio import MAX_RENDER_SECONDS, AudioError, render_messages
 from musebot.engine.engine import Engine
 from musebot.engine.masks import MaskTable
 from musebot.engine.sampling import SamplerSettings
 from musebot.tokenizers import MIDITokenizer
 
-log = logging.getLogger(__name__)
-
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
-SAMPLE_RATE = 44100
 DEFAULT_TEMPO_US = 500_000  # 120 bpm, the MIDI default
-PERCUSSION_BANK = 128
 RELEASE_SECONDS = 1.0  # rendered after the last event so the final notes can ring out
-MAX_RENDER_SECONDS = 600.0  # an untrained model can leave hour-long gaps; do not write gigabytes of silence
-SYSTEM_SOUNDFONTS = Path("/usr/share/sounds/sf2")
 
-
-class RenderError(RuntimeError):
-    """Audio rendering is impossible here (no soundfont, FluidSynth missing)."""
+RenderError = AudioError  # audio rendering is impossible here (no soundfont, FluidSynth missing)
 
 
 def prompt_rows(tokenizer: MIDITokenizer, score: list, max_events: int | None = None) -> np.ndarray:
@@ -75,24 +66,6 @@ def continue_rows(
     return GenerationResult(np.concatenate([prompt, new]), len(prompt), len(new), seconds)
 
 
-def find_soundfont(explicit: str | Path | None = None) -> Path:
-    """A General MIDI soundfont: ``explicit``, else soundfonts/*.sf2 in the repository or the working folder,
-    else one from /usr/share/sounds/sf2."""
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise RenderError(f"soundfont {path} does not exist")
-        return path
-    repo = Path(__file__).resolve().parent.parent.parent
-    for folder in (repo / "soundfonts", Path.cwd() / "soundfonts", SYSTEM_SOUNDFONTS):
-        found = sorted(folder.glob("*.sf2")) if folder.is_dir() else []
-        if found:
-            return found[0]
-    raise RenderError(
-        "no soundfont found: put a General MIDI .sf2 in soundfonts/ or install one (apt install timgm6mb-soundfont)"
-    )
-
-
 def _timeline(score: list) -> list[tuple[float, int, str, tuple]]:
     """(seconds, order, kind, args) for every playable event, in playing order (tempo map applied)."""
     ticks_per_beat = score[0]
@@ -125,13 +98,13 @@ def _timeline(score: list) -> list[tuple[float, int, str, tuple]]:
     return events
 
 
-def _select(synth, channel: int, sfid: int, patch: int) -> None:
-    """Programme change; a preset the soundfont lacks falls back to its first preset of that bank."""
-    bank = PERCUSSION_BANK if channel == 9 else 0
-    if synth.sfpreset_name(sfid, bank, patch) is None:
-        patch = 0
-    if synth.sfpreset_name(sfid, bank, patch) is not None:
-        synth.program_select(channel, sfid, bank, patch)
+# A timeline event as a raw MIDI channel message (status byte, data bytes).
+_MESSAGE = {
+    "on": lambda channel, pitch, velocity: (0x90 | channel, pitch, velocity),
+    "off": lambda channel, pitch: (0x80 | channel, pitch, 0),
+    "patch": lambda channel, program: (0xC0 | channel, program),
+    "cc": lambda channel, control, value: (0xB0 | channel, control, value),
+}
 
 
 def render_wav(
@@ -141,42 +114,5 @@ def render_wav(
 
     Events after ``max_seconds`` are left out (logged), so a wandering continuation cannot fill the disk.
     """
-    try:
-        import fluidsynth
-    except ImportError as exc:  # pyfluidsynth is a dependency, but libfluidsynth may be missing
-        raise RenderError(f"FluidSynth is not available ({exc}): install libfluidsynth3") from exc
-    font = find_soundfont(soundfont)
-    synth = fluidsynth.Synth(samplerate=float(SAMPLE_RATE))
-    try:
-        sfid = synth.sfload(str(font))
-        if sfid < 0:
-            raise RenderError(f"FluidSynth cannot load soundfont {font}")
-        for channel in range(16):
-            _select(synth, channel, sfid, 0)
-        chunks, done = [], 0
-        for when, _, kind, args in _timeline(score):
-            if when > max_seconds:
-                log.warning("audio cut at %.0f s: the score goes on to %.0f s", max_seconds, when)
-                break
-            target = round(when * SAMPLE_RATE)
-            if target > done:
-                chunks.append(synth.get_samples(target - done))
-                done = target
-            if kind == "on":
-                synth.noteon(*args)
-            elif kind == "off":
-                synth.noteoff(*args)
-            elif kind == "patch":
-                _select(synth, args[0], sfid, args[1])
-            else:
-                synth.cc(*args)
-        chunks.append(synth.get_samples(int(RELEASE_SECONDS * SAMPLE_RATE)))
-    finally:
-        synth.delete()
-    audio = np.concatenate(chunks).astype(np.int16)
-    with wave.open(str(out), "wb") as f:
-        f.setnchannels(2)
-        f.setsampwidth(2)
-        f.setframerate(SAMPLE_RATE)
-        f.writeframes(audio.tobytes())
-    return len(audio) / 2 / SAMPLE_RATE
+    messages = [(when, _MESSAGE[kind](*args)) for when, _, kind, args in _timeline(score)]
+    return render_messages(messages, out, soundfont, tail_s=RELEASE_SECONDS, max_seconds=max_seconds).seconds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from musebot import audio
+
 
 class RealtimeError(Exception):
     """Base class: a problem the user can fix (a port, a MIDI system, a soundfont)."""
@@ -15,5 +17,5 @@ class PortNotFoundError(RealtimeError):
     """A named MIDI port does not exist (the message lists those that do)."""
 
 
-class SoundfontNotFoundError(RealtimeError):
-    """No SoundFont (.sf2) to give FluidSynth."""
+class SoundfontNotFoundError(RealtimeError, audio.SoundfontNotFoundError):
+    """No SoundFont (.sf2) to give FluidSynth (also a :class:`musebot.audio.SoundfontNotFoundError`)."""

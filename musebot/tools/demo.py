@@ -13,18 +13,18 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-import wave
 from pathlib import Path
 
 import mido
 
+from musebot.audio import render_messages
 from musebot.realtime import midi
-from musebot.realtime.modes.answers import AnswerSlot, EchoAnswerer
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.modes.call import Duet
-from musebot.realtime.io.outputs import FluidSynthOutput, MemoryOutput
+from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.io.recorder import PARTS, SessionRecorder, read_session_meta
+from musebot.realtime.modes.answers import AnswerSlot, EchoAnswerer
+from musebot.realtime.modes.call import Duet
 from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ BUILTIN_PHRASES = (
     [(60, 0.5), (64, 0.5), (67, 0.5), (72, 1.0), (71, 0.5), (67, 0.5), (69, 1.0)],
 )
 Performance = list[tuple[float, midi.Message]]
+FLUIDSYNTH_GAIN = 0.4  # as FluidSynthOutput plays it live
 
 
 def builtin_performance(config: ServeConfig) -> Performance:
@@ -119,24 +120,7 @@ def play_performance(config: ServeConfig, performance: Performance, model: str |
 def render_wav(events: list[tuple[float, midi.Message]], path: Path, soundfont: str | None,
                tail_s: float = 1.5) -> float:
     """Render timed messages (seconds from 0) through FluidSynth offline; returns the peak level (0..1)."""
-    synth = FluidSynthOutput(soundfont)
-    frames, t, peak = [], 0.0, 0
-    for when, msg in sorted(events, key=lambda e: e[0]):
-        if when > t:
-            chunk = synth.render(when - t)
-            frames.append(chunk)
-            t += len(chunk) / synth.sample_rate
-        synth.send(msg)
-    frames.append(synth.render(tail_s))
-    synth.close()
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(2)
-        handle.setsampwidth(2)
-        handle.setframerate(synth.sample_rate)
-        for chunk in frames:
-            handle.writeframes(chunk.tobytes())
-            peak = max(peak, int(abs(chunk).max()) if chunk.size else 0)
-    return peak / 32768
+    return render_messages(events, path, soundfont, tail_s=tail_s, gain=FLUIDSYNTH_GAIN).peak
 
 
 def notes_of(events: list[tuple[float, midi.Message]]) -> list[tuple[float, float, int]]:

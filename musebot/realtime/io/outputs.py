@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from musebot import audio
 from musebot.realtime import midi
 from musebot.realtime.clock import now
-from musebot.realtime.errors import PortNotFoundError, RealtimeError, SoundfontNotFoundError
+from musebot.realtime.errors import RealtimeError, SoundfontNotFoundError
 from musebot.realtime.io import system
 from musebot.realtime.io.ledger import NoteLedger
 
@@ -108,6 +109,15 @@ class MemoryOutput(Output):
         return [msg for _, msg in self.sent]
 
 
+class NetworkOutput(Output):
+    """``--output none`` with ``--port``: nothing plays here; the API reports every message to the page."""
+
+    kind = "network"
+
+    def _send(self, msg: tuple) -> None:
+        pass
+
+
 class RtMidiOutput(Output):
     """An rtmidi output: a virtual port others connect to, or a connection to an existing named port.
 
@@ -153,34 +163,6 @@ class RtMidiOutput(Output):
         self._port.delete()
 
 
-# Where SoundFonts are looked for when none is given: the repository's own, then the Debian/Ubuntu ones.
-SOUNDFONT_DIRS = (
-    Path.cwd() / "soundfonts",
-    Path(__file__).resolve().parents[2] / "soundfonts",
-    Path("/usr/share/sounds/sf2"),
-    Path("/usr/share/soundfonts"),
-)
-
-
-def find_soundfont(explicit: str | Path | None = None) -> Path:
-    """The SoundFont to use: ``explicit`` if given, else the first .sf2 in :data:`SOUNDFONT_DIRS`."""
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise SoundfontNotFoundError(f"SoundFont {path} does not exist; pass --soundfont FILE.sf2")
-        return path
-    for folder in SOUNDFONT_DIRS:
-        if folder.is_dir():
-            fonts = sorted(folder.glob("*.sf2"))
-            if fonts:
-                return fonts[0]
-    searched = ", ".join(str(d) for d in SOUNDFONT_DIRS)
-    raise SoundfontNotFoundError(
-        f"no SoundFont found in {searched}; pass --soundfont FILE.sf2 or install one "
-        "(Debian/Ubuntu: apt install timgm6mb-soundfont or fluid-soundfont-gm)"
-    )
-
-
 class FluidSynthOutput(Output):
     """A FluidSynth synthesiser (pyfluidsynth) playing the messages through a SoundFont.
 
@@ -201,20 +183,17 @@ class FluidSynthOutput(Output):
         gain: float = 0.4,
     ) -> None:
         super().__init__(f"fluidsynth({driver or 'offline'})")
-        import fluidsynth
-
-        self._fs = fluidsynth
-        self.soundfont = find_soundfont(soundfont)
+        try:
+            self._fs = audio.import_fluidsynth()
+            self._gm = audio.GMSynth(soundfont, sample_rate, gain)
+        except audio.SoundfontNotFoundError as exc:
+            raise SoundfontNotFoundError(str(exc)) from exc
+        except audio.AudioError as exc:
+            raise RealtimeError(str(exc)) from exc
+        self.soundfont = self._gm.soundfont
         self.sample_rate = sample_rate
-        self.synth = fluidsynth.Synth(gain=gain, samplerate=sample_rate)
+        self.synth = self._gm.synth
         self._driver = None
-        sfid = self.synth.sfload(str(self.soundfont))
-        if sfid < 0:
-            self.synth.delete()
-            raise SoundfontNotFoundError(f"FluidSynth could not load {self.soundfont}")
-        for channel in range(16):
-            # GM: channel 10 (index 9) is the drum kit, bank 128.
-            self.synth.program_select(channel, sfid, 128 if channel == 9 else 0, 0)
         if driver:
             self.synth.setting("audio.driver", driver)
             if driver == "file" and file_name:
@@ -224,7 +203,7 @@ class FluidSynthOutput(Output):
                 self.synth.setting("audio.jack.autoconnect", 1)
                 self.synth.setting("audio.jack.id", "musebot-fluidsynth")
             # Start only the audio driver: Synth.start() would also open a FluidSynth MIDI driver.
-            self._driver = fluidsynth.new_fluid_audio_driver(self.synth.settings, self.synth.synth)
+            self._driver = self._fs.new_fluid_audio_driver(self.synth.settings, self.synth.synth)
             if not self._driver:
                 self.synth.delete()
                 raise RealtimeError(f"FluidSynth could not start audio driver {driver!r}")
@@ -233,21 +212,10 @@ class FluidSynthOutput(Output):
         """Synthesise ``seconds`` of audio now: int16 array of shape ``(frames, 2)`` (offline use only)."""
         frames = round(seconds * self.sample_rate)
         with self._lock:
-            samples = self.synth.get_samples(frames)
-        return np.asarray(samples, dtype=np.int16).reshape(-1, 2)
+            return self._gm.samples(frames)
 
     def _send(self, msg: midi.Message) -> None:
-        kind, channel = midi.kind_of(msg), midi.channel_of(msg)
-        if midi.is_note_on(msg):
-            self.synth.noteon(channel, msg[1], msg[2])
-        elif midi.is_note_off(msg):
-            self.synth.noteoff(channel, msg[1])
-        elif kind == midi.CONTROL_CHANGE:
-            self.synth.cc(channel, msg[1], msg[2])
-        elif kind == midi.PROGRAM_CHANGE:
-            self.synth.program_change(channel, msg[1])
-        elif kind == midi.PITCH_BEND:
-            self.synth.pitch_bend(channel, (msg[1] | msg[2] << 7) - 8192)
+        self._gm.apply(msg)
 
     def _close(self) -> None:
         if self._driver:
