@@ -354,3 +354,42 @@ def test_output_none_without_a_port_is_refused(tmp_path):
                             cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "--output none needs --port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_with_a_token_an_osc_bundle_is_refused_at_once_without_it(tmp_path):
+    with serving(tmp_path, osc_port=0, token="s3cret") as daemon:
+        before = daemon.server.control.settings()
+        osc = Osc(daemon.server.osc_port)
+        try:
+            bundle = OscBundleBuilder(time.time() + 30)
+            bundle.add_content(message("/musebot/panic"))
+            bundle.add_content(message("/musebot/bpm", 90.0))
+            start = time.perf_counter()
+            osc.send(bundle.build().dgram)
+            replies = [osc.reply(), osc.reply()]
+            assert time.perf_counter() - start < 1.0  # not 30 s
+            assert all(address == "/musebot/error" and "token" in args[0] for address, args in replies)
+            assert daemon.server.control.settings() == before
+            assert osc("/musebot/bpm", "s3cret", 90.0)[0] == "/musebot/ok"
+        finally:
+            osc.close()
+
+
+def test_a_flood_of_one_log_line_is_cut_and_the_cut_is_counted():
+    limiter = security.LogLimiter(lines=3, window_s=0.2)
+    logger = logging.getLogger("musebot.test.flood")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.addFilter(limiter)
+    try:
+        for n in range(1000):
+            logger.warning("connection refused: %d open", n)
+        assert len(records) == 3
+        time.sleep(0.25)
+        logger.warning("connection refused: %d open", 1000)
+        assert records[-1].getMessage() == "connection refused: 1000 open [997 similar lines suppressed]"
+    finally:
+        logger.removeFilter(limiter)
+        logger.removeHandler(handler)
