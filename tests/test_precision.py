@@ -111,3 +111,29 @@ def test_a_seed_replays_the_same_events_at_int8(exported, chorale):
                                       np.random.default_rng(7)))
     np.testing.assert_array_equal(played[0], played[1])
     assert (played[0][0, :, 0] != engine.vocab.eos_id).all()
+
+
+def test_bench_counts_fewer_weight_bytes_per_event_for_quantised_sliced_graphs(exported, capsys):
+    from musebot.cli import main
+
+    out, _ = exported
+    assert main(["bench", "--model", str(out), "--context", "24", "--events", "3", "--generate", "0",
+                 "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["default_precision"] == "int8"
+    engines = figures["runs"][0]["engine"]
+    reference = figures["runs"][0]["reference"]["weight_mb_per_event"]
+    assert engines["int4"]["weight_mb_per_event"] < engines["int8"]["weight_mb_per_event"] < reference
+    assert engines["int8"]["floor_ms"] < figures["runs"][0]["reference"]["floor_ms"]
+
+
+def test_generate_and_bench_take_a_precision(exported, tmp_path, capsys):
+    from musebot.cli import main
+
+    out, _ = exported
+    assert main(["generate", "--model", str(out), "--precision", "int4", "--events", "16", "--no-eos",
+                 "--out", str(tmp_path / "x.mid"), "--seed", "1"]) == 0
+    assert "16 generated events" in capsys.readouterr().out
+    assert main(["generate", "--model", str(out), "--precision", "fp16", "--events", "4",
+                 "--out", str(tmp_path / "y.mid")]) == 2
+    assert "no fp16 graphs" in capsys.readouterr().err
