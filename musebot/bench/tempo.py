@@ -3,7 +3,8 @@
 Real music (the reference MIDI files in ``tests/data/reference/midi`` and pieces of music21's corpus,
 parsed offline) is rendered to onsets the way a musician would play it: the top voice (``--texture``: every
 note, chords included) from a seeded random starting note, at known tempi (72, 96, 104, 120, 142 bpm and
-one drawn from 60-180), humanised by uniform +-15 ms, straight and with 2:1 swing on the off-beat eighths.
+one drawn from 60-180), humanised by uniform +-15 ms, straight and with 2:1 swing on the off-beat eighths
+(pieces in simple metre only: a 6/8 tune is not swung).
 Each method hears the onsets one by one with ``--bpm 120`` as its initial guess, and is scored after 4, 8
 and 16 notes (onset events: a chord counts once):
 
@@ -50,28 +51,33 @@ METRICAL_RATIOS = (2.0, 0.5, 1.5, 2 / 3, 3.0, 1 / 3)
 Note = tuple[float, int, float]  # (onset in quarter notes, pitch, duration in quarter notes)
 
 
-def _midi_notes(path: Path, texture: bool) -> list[Note]:
+def _midi_notes(path: Path, texture: bool) -> tuple[list[Note], bool]:
     import mido
 
     mid = mido.MidiFile(path)
     voices: dict[tuple[int, int], list[Note]] = {}
+    compound = False
     for index, track in enumerate(mid.tracks):
         tick, sounding = 0, {}
         for msg in track:
             tick += msg.time
-            if msg.type == "note_on" and msg.velocity > 0:
+            if msg.type == "time_signature":
+                compound |= msg.denominator >= 8 and msg.numerator % 3 == 0
+            elif msg.type == "note_on" and msg.velocity > 0:
                 sounding[(msg.channel, msg.note)] = tick
             elif msg.type in ("note_on", "note_off") and (msg.channel, msg.note) in sounding:
                 start = sounding.pop((msg.channel, msg.note))
                 voices.setdefault((index, msg.channel), []).append(
                     (start / mid.ticks_per_beat, msg.note, (tick - start) / mid.ticks_per_beat))
-    return _choose(list(voices.values()), texture)
+    return _choose(list(voices.values()), texture), compound
 
 
-def _music21_notes(work: str, texture: bool) -> list[Note]:
+def _music21_notes(work: str, texture: bool) -> tuple[list[Note], bool]:
     from music21 import corpus
 
     score = corpus.parse(work)
+    signatures = score.flatten().getElementsByClass("TimeSignature")
+    compound = any(ts.denominator >= 8 and ts.numerator % 3 == 0 for ts in signatures)
     voices = []
     for part in score.parts:
         notes = []
@@ -79,7 +85,7 @@ def _music21_notes(work: str, texture: bool) -> list[Note]:
             top = max(p.midi for p in n.pitches)
             notes.append((float(n.offset), top, float(n.quarterLength)))
         voices.append(notes)
-    return _choose(voices, texture)
+    return _choose(voices, texture), compound
 
 
 def _choose(voices: list[list[Note]], texture: bool) -> list[Note]:
@@ -99,27 +105,30 @@ def _choose(voices: list[list[Note]], texture: bool) -> list[Note]:
     return sorted(top.values())
 
 
-def load_pieces(limit: int, texture: bool = False) -> list[tuple[str, list[Note]]]:
+Piece = tuple[str, list[Note], bool]  # name, notes, compound metre (6/8, 9/8, 12/8: never swung)
+
+
+def load_pieces(limit: int, texture: bool = False) -> list[Piece]:
     """Up to ``limit`` pieces: the reference MIDI files first, then music21 works."""
-    pieces: list[tuple[str, list[Note]]] = []
+    pieces: list[Piece] = []
     for path in sorted(REFERENCE.glob("*.mid")):
         if len(pieces) >= limit:
             return pieces
-        notes = _midi_notes(path, texture)
+        notes, compound = _midi_notes(path, texture)
         if len(notes) >= 20:
-            pieces.append((path.stem, notes))
+            pieces.append((path.stem, notes, compound))
     from music21.exceptions21 import Music21Exception
 
     for work in MUSIC21_WORKS:
         if len(pieces) >= limit:
             break
         try:
-            notes = _music21_notes(work, texture)
+            notes, compound = _music21_notes(work, texture)
         except (Music21Exception, OSError, ValueError) as exc:  # a missing work or a parse failure: say so
             print(f"skipping music21 {work}: {exc}", file=sys.stderr)
             continue
         if len(notes) >= 20:
-            pieces.append((f"music21:{work}", notes))
+            pieces.append((f"music21:{work}", notes, compound))
     return pieces
 
 
@@ -155,16 +164,16 @@ def _score(est, bpm: float, zero: float, last_onset: float) -> dict:
             "err": abs(ratio - 1) * 100}
 
 
-def run(pieces: list[tuple[str, list[Note]]], seed: int = 0, swing: bool = True, initial_bpm: float = 120.0,
+def run(pieces: list[Piece], seed: int = 0, swing: bool = True, initial_bpm: float = 120.0,
         texture: bool = False) -> dict:
     """Every method on every (piece, tempo, straight/swung) trial; returns the scores."""
     rng = random.Random(seed)
     chord = 0.045
     outcomes: dict[str, dict[int, list[dict]]] = {m: {n: [] for n in NOTE_COUNTS} for m in METHODS}
     trials = 0
-    for _, notes in pieces:
+    for _, notes, compound in pieces:
         for bpm in (*TEMPI, round(rng.uniform(60, 180), 1)):
-            for swung in (False, True) if swing else (False,):
+            for swung in (False, True) if swing and not compound else (False,):
                 onsets, zero = render(notes, bpm, swung, rng)
                 trials += 1
                 for name, make in METHODS.items():
@@ -196,7 +205,7 @@ def run(pieces: list[tuple[str, list[Note]]], seed: int = 0, swing: bool = True,
                 "metrical_pct": 100 * sum(r["metrical"] for r in rows) / k,
                 "median_err_pct": statistics.median(r["err"] for r in rows) if rows else 0.0,
             }
-    return {"pieces": [p for p, _ in pieces], "trials": trials, "seed": seed, "swing": swing,
+    return {"pieces": [p[0] for p in pieces], "trials": trials, "seed": seed, "swing": swing,
             "texture": texture, "initial_bpm": initial_bpm, "results": table}
 
 
