@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "musebot.train.cli",
     "musebot.eval.cli",
     "musebot.serve",
+    "musebot.tools.cli",
+    "musebot.bench.cli",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Sub-commands of the real-time path: ``ports``, ``serve``, ``demo``, ``bench-realtime``.
+"""``musebot ports`` and ``musebot serve``: the one place that composes the daemon and its network face.
 
 Flags map one to one onto :class:`~musebot.realtime.config.ServeConfig` and
 :class:`~musebot.realtime.daemon.ServeOptions`. Nothing heavy is imported before a handler runs.
@@ -49,53 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--osc-port", type=int, metavar="N", help="OSC control on this UDP port")
     serve.set_defaults(func=run_serve)
 
-    demo = subparsers.add_parser(
-        "demo", help="play a built-in phrase into the real-time pipeline; record, render WAV and piano roll",
-    )
-    add_session_arguments(demo)
-    demo.add_argument("--out", default="musebot-demo", help="folder for duet.mid, duet.wav and duet.png")
-    demo.add_argument("--replay", metavar="FILE.mid",
-                      help="play the musician's part of a recorded session (with its seed) instead")
-    demo.set_defaults(func=run_demo)
-
-    bench = subparsers.add_parser(
-        "bench-realtime", help="measure scheduling error, answer and thru latency over JACK, and headroom",
-    )
-    bench.add_argument("--notes", type=int, default=1000, help="scheduled notes to measure (>= 1000)")
-    bench.add_argument("--model",
-                       help="exported model folder: measure generation headroom and model answer latency")
-    bench.add_argument("--bpm", type=float, default=120.0)
-    bench.add_argument("--phrases", type=int, default=8, help="calls answered for the answer latency")
-    bench.add_argument("--jack-server", help="use this running JACK server instead of a private one")
-    bench.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
-    bench.add_argument("--ws", action="store_true",
-                       help="instead: the latency of the network API's WebSocket path beside the MIDI-port path")
-    bench.add_argument("--rounds", type=int, default=200, help="--ws: takeovers per path (default %(default)s)")
-    bench.set_defaults(func=run_bench)
-
-    accompany = subparsers.add_parser(
-        "bench-accompany", help="a long accompaniment session over JACK: note timing, dropped notes, beats to "
-        "follow a key change",
-    )
-    accompany.add_argument("--model", help="exported model folder (default: the shipped model)")
-    accompany.add_argument("--minutes", type=float, default=5.0, help="length of the session (default 5)")
-    accompany.add_argument("--bpm", type=float, default=120.0)
-    accompany.add_argument("--parts", default="bass,chords", help="parts musebot plays (default bass,chords)")
-    accompany.add_argument("--key-bars", type=int, default=4, help="the musician changes key every N bars")
-    accompany.add_argument("--commit-beats", type=float, default=1.0, help="the commit horizon (default 1 beat)")
-    accompany.add_argument("--seed", type=int, default=0)
-    accompany.add_argument("--jack-server", help="use this running JACK server instead of a private one")
-    accompany.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
-    accompany.set_defaults(func=run_bench_accompany)
-
-    fit = subparsers.add_parser(
-        "fit-roles", help="fit the looper's bar-role classifier on Bach chorales (music21 corpus) and report "
-        "its held-out accuracy",
-    )
-    fit.add_argument("--pieces", type=int, help="read only the first N chorales (default: all)")
-    fit.add_argument("--test-every", type=int, default=5, help="hold out every Nth chorale (default 5)")
-    fit.add_argument("--out", default=None, help="weights file (default: the shipped roles_model.json)")
-    fit.set_defaults(func=run_fit_roles)
 
 
 def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...] = ("call", "listen")) -> None:
@@ -242,9 +195,52 @@ def run_ports(args: argparse.Namespace) -> int:
     return 0
 
 
+class Service:
+    """The daemon and its network face (``--port``, ``--osc-port``), composed: the one place that knows
+    both (the daemon never imports the server). Reading any other attribute reads the daemon's."""
+
+    def __init__(self, config: ServeConfig, options) -> None:
+        from musebot.realtime.daemon import Daemon
+
+        self.daemon = Daemon(config, options)
+        self.server = None
+        if options.port is not None or options.osc_port is not None:
+            from musebot.server.app import ApiServer
+
+            try:
+                self.server = ApiServer(self.daemon)
+            except BaseException:
+                self.daemon.close()
+                raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["daemon"], name)
+
+    def start(self) -> Service:
+        self.daemon.start()
+        if self.server is not None:
+            try:
+                self.server.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def close(self) -> None:
+        """Panic first (no note hangs while the servers wind down), then stop the servers, then the daemon."""
+        self.daemon.panic("shutdown")
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.daemon.close()
+
+    def run(self) -> int:
+        return self.daemon.run(self.start, self.close)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from musebot.cli import CommandError
-    from musebot.realtime.daemon import Daemon, ServeOptions
+    from musebot.realtime.daemon import ServeOptions
     from musebot.realtime.errors import RealtimeError
 
     config = config_from_args(args)
@@ -265,56 +261,10 @@ def run_serve(args: argparse.Namespace) -> int:
         if port is not None and not 0 <= port <= 65535:
             raise CommandError(f"{flag} must be 0..65535, got {port}")
     try:
-        daemon = Daemon(config, options)
+        service = Service(config, options)
     except RealtimeError as exc:
         raise CommandError(str(exc)) from exc
     try:
-        return daemon.run()
+        return service.run()
     except RealtimeError as exc:  # the API could not start (port taken): the daemon has shut down
         raise CommandError(str(exc)) from exc
-
-
-def run_bench_accompany(args: argparse.Namespace) -> int:
-    from musebot.bench.accompany import run_accompany_bench
-
-    return _report(run_accompany_bench(args), args.json)
-
-
-def run_fit_roles(args: argparse.Namespace) -> int:
-    from musebot.realtime.roles import MODEL_FILE
-    from musebot.tools.roles_fit import run_fit_roles as fit
-
-    args.out = args.out or str(MODEL_FILE)
-    return fit(args)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from musebot.tools.demo import run_demo as demo
-
-    config = config_from_args(args)
-    use_shipped_model(args)
-    return demo(config, args)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    from musebot.bench.realtime import run_realtime_bench
-
-    if args.ws:
-        from musebot.bench.ws import run_ws_bench
-
-        figures = run_ws_bench(args)
-    else:
-        figures = run_realtime_bench(args)
-    return _report(figures, args.json)
-
-
-def _report(figures: dict, path: str | None) -> int:
-    """A benchmark's figures as JSON on stdout, and in ``path`` when given."""
-    import json
-
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if path:
-        with open(path, "w") as handle:
-            handle.write(text + "\n")
-    return 0

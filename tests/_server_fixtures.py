@@ -19,7 +19,8 @@ from pathlib import Path
 import aiohttp
 
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.daemon import Daemon, ServeOptions
+from musebot.realtime.daemon import ServeOptions
+from musebot.serve import Service
 
 NO_JACK = {"JACK_DEFAULT_SERVER": "musebot-no-such-server", "JACK_NO_START_SERVER": "1"}
 PHRASE = [(60, 0.08), (64, 0.08), (67, 0.08), (72, 0.12)]
@@ -27,14 +28,15 @@ SILENCE_MS = 200
 
 
 @contextmanager
-def serving(tmp_path: Path, config: ServeConfig | None = None, **options) -> Iterator[Daemon]:
-    """A started daemon with the API on a free port of 127.0.0.1 (``options`` go to ServeOptions)."""
+def serving(tmp_path: Path, config: ServeConfig | None = None, **options) -> Iterator[Service]:
+    """A started daemon with the API on a free port of 127.0.0.1 (``options`` go to ServeOptions); the
+    Service reads as the daemon, with ``.server`` for the API."""
     saved = {k: os.environ.get(k) for k in NO_JACK}
     os.environ.update(NO_JACK)
     config = config or ServeConfig(bpm=120, silence_ms=SILENCE_MS, seed=1)
     options = {"answer": "echo", "port": 0, "outputs": ["fluidsynth"], "fluidsynth_driver": "file",
                "fluidsynth_file": str(tmp_path / "out.wav"), "input": "none", **options}
-    daemon = Daemon(config, ServeOptions(**options))
+    daemon = Service(config, ServeOptions(**options))
     try:
         daemon.start()
         yield daemon
@@ -136,9 +138,9 @@ def answered(n: int):
         1 for m in received if m["type"] == "played" and m["data"][0] & 0xF0 == 0x80) >= n
 
 
-def api_url(daemon: Daemon, path: str = "") -> str:
+def api_url(daemon: Service, path: str = "") -> str:
     return f"http://127.0.0.1:{daemon.server.port}{path}"
 
 
-def ws_url(daemon: Daemon, query: str = "") -> str:
+def ws_url(daemon: Service, query: str = "") -> str:
     return f"ws://127.0.0.1:{daemon.server.port}/ws{query}"

@@ -13,11 +13,12 @@ import time
 
 import pytest
 
-from musebot.realtime.modes.band import BandConfig, make_band
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import KeyLock
 from musebot.realtime.io.outputs import MemoryOutput
+from musebot.realtime.modes import make_session
+from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.timebase import CLOCK, PPQ, START, STOP
 from tests._jack import hanging_notes
@@ -26,6 +27,11 @@ from tests._realtime_fixtures import exported_reference_model
 BPM = 240  # a beat is 0.25 s: four bars in four seconds
 C_MELODY = [60, 64, 67, 72, 71, 67, 65, 62]
 F_SHARP_MELODY = [66, 70, 73, 78, 77, 73, 71, 68]
+
+
+def make_band(config, band, scheduler, outputs, model, api=None):
+    """The band session ``musebot serve --mode accompany|looper`` makes (the daemon's factory)."""
+    return make_session(band.mode, config, scheduler, outputs, model=model, band=band, api=api)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from musebot.cli import main
 from musebot.bench.accompany import KEYS, key_follow, musician_plan
+from musebot.cli import main
 from tests._jack import requires_jackd
 from tests._realtime_fixtures import exported_reference_model
 

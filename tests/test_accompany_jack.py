@@ -20,10 +20,10 @@ import time
 import numpy as np
 import pytest
 
-from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.clock import now, sleep_until
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.daemon import Daemon, ServeOptions
+from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.timebase import PPQ
 from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
 from tests._realtime_fixtures import exported_reference_model
@@ -72,7 +72,7 @@ def test_a_melody_played_into_musebot_in_gets_bass_and_chords_on_their_channels_
     daemon = serve("accompany", model_dir, parts=["bass", "chords"], key="C major")
     musician = Musician()
     try:
-        tb = daemon.duet.timebase
+        tb = daemon.session.timebase
         play_at_beats(musician, tb, melody(MELODY * 3, 1.0))
         time.sleep(0.3)
         origin, spb = tb.time_at(0.0), tb.seconds_per_beat
@@ -139,13 +139,13 @@ def test_musebot_follows_a_midi_clock_that_speeds_up(jack, model_dir):
     musician = Musician()
     beats = 16
     try:
-        assert not daemon.duet.timebase.running  # nothing plays before the clock starts
+        assert not daemon.session.timebase.running  # nothing plays before the clock starts
         # A drum machine in its own process: 120 bpm for two beats, then speeding up steadily to 180 bpm.
         drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), str(beats), "120",
                                   "180"], stdout=subprocess.PIPE, text=True)
-        play_at_beats(musician, daemon.duet.timebase, melody(MELODY * 2, 1.0))
+        play_at_beats(musician, daemon.session.timebase, melody(MELODY * 2, 1.0))
         out, _ = drums.communicate(timeout=15)
-        final_bpm = daemon.duet.timebase.bpm
+        final_bpm = daemon.session.timebase.bpm
         time.sleep(0.2)
     finally:
         daemon.close()
@@ -171,7 +171,7 @@ def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_says_so_and_the_parts
     seen = []  # (time, clock source, running, events planned) every 10 ms
 
     def watch() -> None:
-        band = daemon.duet
+        band = daemon.session
         while not daemon.stop_event.is_set():
             seen.append((now(), band.timebase.source, band.timebase.running, band.plan_stats["events"]))
             time.sleep(0.01)
@@ -182,7 +182,7 @@ def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_says_so_and_the_parts
             # 150 bpm, ticks missing from beat 4 for half a second (more than a beat), then back.
             drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), "10", "150", "150",
                                       "4"], stdout=subprocess.PIPE, text=True)
-            play_at_beats(musician, daemon.duet.timebase, melody(MELODY * 2, 1.0))
+            play_at_beats(musician, daemon.session.timebase, melody(MELODY * 2, 1.0))
             out, _ = drums.communicate(timeout=15)
             time.sleep(0.1)
     finally:
@@ -192,7 +192,7 @@ def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_says_so_and_the_parts
     gap = max(np.diff(ticks))
     gap_start = ticks[int(np.argmax(np.diff(ticks)))]
     assert gap > 0.45
-    assert "external clock lost" in caplog.text, (daemon.duet.follower.counts, gap, caplog.text[-3000:])
+    assert "external clock lost" in caplog.text, (daemon.session.follower.counts, gap, caplog.text[-3000:])
     assert "external clock lost" in caplog.text
     freewheel = re.search(r"following musebot's own clock at ([\d.]+) bpm", caplog.text)
     assert freewheel and float(freewheel.group(1)) == pytest.approx(150, rel=0.02)
@@ -201,9 +201,9 @@ def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_says_so_and_the_parts
     # In the gap: musebot's own clock runs on, and the planner goes on planning the parts.
     assert during and all(source == "freewheel" and running for _, source, running, _ in during)
     assert during[-1][3] > during[0][3]
-    assert daemon.duet.follower.counts["dropouts"] == 1
+    assert daemon.session.follower.counts["dropouts"] == 1
     # Back on the drum machine's ticks: 24 per beat are counted across the gap, so the beat did not slip.
-    assert daemon.duet.follower.ticks == pytest.approx(10 * PPQ, abs=1)
+    assert daemon.session.follower.ticks == pytest.approx(10 * PPQ, abs=1)
 
 
 def test_in_looper_mode_a_bass_line_comes_back_under_the_melody(jack):
@@ -211,7 +211,7 @@ def test_in_looper_mode_a_bass_line_comes_back_under_the_melody(jack):
     musician = Musician()
     bass_line = [36, 43, 40, 43]
     try:
-        tb = daemon.duet.timebase
+        tb = daemon.session.timebase
         start_bar = tb.bar_of(tb.beat_at(now())) + 1
         first = start_bar * 4
         bass = [e for bar in (0, 1) for i, p in enumerate(bass_line)
@@ -223,14 +223,14 @@ def test_in_looper_mode_a_bass_line_comes_back_under_the_melody(jack):
         time.sleep(0.1)
         musician.close()
     heard = musician.snapshot()
-    bass_channel = daemon.duet.settings.parts["bass"].channel
+    bass_channel = daemon.session.settings.parts["bass"].channel
     came_back = [(tb.beat_at(t), m[1]) for t, m in note_ons(heard) if m[0] & 0x0F == bass_channel]
     # The fourth bar (the second of the melody): the musician's bass line, note for note, on the beats.
     fourth = [(beat - first - 12, pitch) for beat, pitch in came_back if first + 12 <= beat < first + 16]
     assert [p for _, p in fourth] == bass_line, came_back
     # On the beats the musician played them (a replay keeps their timing): within 5 ms (0.02 beat) of one of
     # the recorded bars.
-    recorded = [[n.onset for n in bar.notes] for bar in daemon.duet.memory["bass"]]
+    recorded = [[n.onset for n in bar.notes] for bar in daemon.session.memory["bass"]]
     assert min(max(abs(b - o) for (b, _), o in zip(fourth, bar)) for bar in recorded) < 0.02, (fourth, recorded)
     assert not [b for b, _ in came_back if b < first + 8]  # not while the musician played bass
     assert hanging_notes(heard) == set()

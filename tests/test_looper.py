@@ -12,12 +12,13 @@ import time
 
 import pytest
 
-from musebot.realtime.modes.band import BandConfig, make_band
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import DEFAULT_PARTS
-from musebot.realtime.modes.looper import LOOPER_CONTROLS, fit_register, transposition
 from musebot.realtime.io.outputs import MemoryOutput
+from musebot.realtime.modes import make_session
+from musebot.realtime.modes.band import BandConfig
+from musebot.realtime.modes.looper import LOOPER_CONTROLS, fit_register, transposition
 from musebot.realtime.scheduler import Scheduler
 from tests._jack import hanging_notes
 from tests._realtime_fixtures import exported_reference_model
@@ -26,6 +27,11 @@ BPM = 300  # a 4/4 bar lasts 0.8 s
 BASS_LINE = [36, 43, 40, 43]
 MELODY = [72, 74, 76, 77, 79, 77, 76, 74]
 CHORD = [60, 64, 67]
+
+
+def make_band(config, band, scheduler, outputs, model, api=None):
+    """The band session ``musebot serve --mode accompany|looper`` makes (the daemon's factory)."""
+    return make_session(band.mode, config, scheduler, outputs, model=model, band=band, api=api)
 
 
 def bass_bar(bar, pitches=BASS_LINE):

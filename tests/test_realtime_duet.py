@@ -11,12 +11,12 @@ import time
 import pytest
 
 from musebot.realtime import midi
-from musebot.realtime.modes.answers import AnswerSlot, EchoAnswerer
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.modes.call import Duet
 from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.io.recorder import SessionRecorder, read_session_meta
+from musebot.realtime.modes.answers import AnswerSlot, EchoAnswerer
+from musebot.realtime.modes.call import Duet
 from musebot.realtime.scheduler import Scheduler
 
 SILENCE_S = 0.1

@@ -62,7 +62,7 @@ def test_a_phrase_is_answered_on_musebot_out_when_the_silence_ends(daemon, music
     # Due at release + silence; measured precisely by `musebot bench-realtime`, here only sanity-bounded.
     assert release + SILENCE_S - 0.005 <= first <= release + SILENCE_S + 0.25
     assert hanging_notes(heard) == set()
-    assert daemon.duet.counts["answers"] == 1
+    assert daemon.session.counts["answers"] == 1
 
 
 def test_the_musician_playing_again_stops_the_answer_and_releases_its_notes(daemon, musician):
@@ -76,7 +76,7 @@ def test_the_musician_playing_again_stops_the_answer_and_releases_its_notes(daem
     assert len(note_ons(heard)) < len(long_phrase)
     assert not [t for t, _ in note_ons(heard) if t > barge + 0.01]  # nothing new after the barge-in
     assert hanging_notes(heard) == set()
-    assert daemon.duet.counts["barge_ins"] == 1
+    assert daemon.session.counts["barge_ins"] == 1
     musician.send(0x80, 50, 0)
 
 
@@ -94,8 +94,8 @@ def test_bad_input_floods_sysex_clock_malformed_and_stray_note_offs_do_not_break
     for _ in range(3000):  # a flood of controller data (JACK itself may drop part of it)
         musician.send(0xB0, 1, 64)
     received = -1
-    while daemon.duet.counts["received"] != received:  # until the listener has drained the flood
-        received = daemon.duet.counts["received"]
+    while daemon.session.counts["received"] != received:  # until the listener has drained the flood
+        received = daemon.session.counts["received"]
         time.sleep(0.1)
     odd = [(0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7), (0xF8,), (0xFA,), (0xFE,), (0xFC,),  # sysex, clock...
            (0x80, 61, 0), (0x95, 61, 0),  # note-offs of notes never played
@@ -109,8 +109,8 @@ def test_bad_input_floods_sysex_clock_malformed_and_stray_note_offs_do_not_break
     heard = musician.wait_for(lambda h: len(note_ons(h[before:])) >= len(PHRASE) and not hanging_notes(h))
     assert [m[1] for _, m in note_ons(heard[before:])] == [p for p, _ in PHRASE]
     assert hanging_notes(heard) == set()
-    assert daemon.duet.tracker.orphan_note_offs >= 2
-    assert daemon.duet.counts["received"] >= 100  # the flood reached the listener (JACK drops the excess)
+    assert daemon.session.tracker.orphan_note_offs >= 2
+    assert daemon.session.counts["received"] >= 100  # the flood reached the listener (JACK drops the excess)
 
 
 def test_fluidsynth_output_renders_a_non_silent_answer(jack):
@@ -260,7 +260,7 @@ def test_a_named_output_that_vanishes_is_released_and_reconnected_when_it_return
 
 
 def test_an_error_in_the_listener_panics_and_the_daemon_keeps_serving(daemon, musician, caplog):
-    answerer = daemon.answerer
+    answerer = daemon.session.answerer
     original = answerer.start_answer
 
     def broken(*args):  # a bug in an answerer, injected
@@ -273,7 +273,7 @@ def test_an_error_in_the_listener_panics_and_the_daemon_keeps_serving(daemon, mu
         while "listener: error while handling" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.02)
     assert "listener: error while handling" in caplog.text
-    assert daemon.duet.counts["panics"] >= 1
+    assert daemon.session.counts["panics"] >= 1
     answerer.start_answer = original
     musician.play(PHRASE)
     heard = musician.wait_for(lambda h: len(note_ons(h)) >= len(PHRASE) and not hanging_notes(h))

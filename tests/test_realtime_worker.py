@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from musebot.realtime import midi
-from musebot.realtime.modes.answers import AnswerSlot
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.modes.call import Duet
 from musebot.realtime.io.outputs import MemoryOutput
-from musebot.realtime.scheduler import Scheduler
+from musebot.realtime.modes.answers import AnswerSlot
+from musebot.realtime.modes.call import Duet
 from musebot.realtime.modes.call_worker import ModelAnswerer
+from musebot.realtime.scheduler import Scheduler
 from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
 from tests._realtime_fixtures import exported_reference_model
 
@@ -126,7 +126,7 @@ def test_musebot_serve_with_a_model_answers_through_jack(model_dir):
         config = ServeConfig(silence_ms=SILENCE_S * 1000, seed=1)
         daemon = Daemon(config, ServeOptions(model=str(model_dir))).start()
         try:
-            assert daemon.answerer.name == "model"
+            assert daemon.session.name == "model"
             musician = Musician()
             try:
                 release = musician.play([(p, NOTE_S) for p in SCALE])

@@ -288,7 +288,7 @@ def test_off_loopback_a_token_is_made_when_none_is_given(tmp_path, capsys):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
     with serving(tmp_path, port=None) as daemon:  # no API started; the server object is only built
         daemon.options.host, daemon.options.port = "0.0.0.0", 0
-        server = ApiServer(daemon)
+        server = ApiServer(daemon.daemon)
         assert server.token and len(server.token) >= 20
         assert server.token in capsys.readouterr().out
 

@@ -82,7 +82,7 @@ def test_a_phrase_played_on_the_page_is_answered_in_its_piano_roll(tmp_path, bro
             # The answer played: its notes drawn in musebot's colour once the daemon is idle again.
             page.wait_for_function("window.musebot.drawn.musebot >= 1", timeout=10_000)
             end = time.monotonic() + 10
-            while daemon.duet.state != "idle" and time.monotonic() < end:
+            while daemon.session.state != "idle" and time.monotonic() < end:
                 time.sleep(0.05)
             played = [e for e in page.evaluate("window.musebot.notes") if e["who"] == "musebot"]
             assert played and all(n["end"] is not None for n in played)  # every answer note ended
@@ -99,11 +99,11 @@ def test_a_phrase_played_on_the_page_is_answered_in_its_piano_roll(tmp_path, bro
             page.dispatch_event("#bpm", "change")
             page.wait_for_function("window.musebot.settings.bpm === 100")
             assert http("GET", api_url(daemon, "/api/settings"))[1]["bpm"] == 100
-            panics = daemon.duet.counts["panics"]
+            panics = daemon.session.counts["panics"]
             page.click("#panic")
             page.wait_for_function(f"document.querySelector('#telemetry-list').textContent.includes('panics{panics + 1}')",
                                    timeout=3000)
-            assert daemon.duet.counts["panics"] == panics + 1
+            assert daemon.session.counts["panics"] == panics + 1
             assert problems == []
         finally:
             context.close()
@@ -122,7 +122,7 @@ def test_in_an_accompany_session_the_page_mutes_a_part(tmp_path, browser, refere
             page.click('.part[data-part="bass"] input[data-field="mute"]')
             page.wait_for_function("window.musebot.settings.parts.bass.mute === true")
             assert not page.is_visible("#answer_beats")  # the call-and-response settings do not apply
-            assert daemon.duet.settings.parts["bass"].mute is True
+            assert daemon.session.settings.parts["bass"].mute is True
             page.wait_for_function("document.querySelector('#telemetry-list').textContent.includes('clock')")
             page.screenshot(path=str(ARTIFACTS / "test-server-page-accompany.png"))
             assert problems == []

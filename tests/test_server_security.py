@@ -73,7 +73,7 @@ def ws_refusal(daemon, headers: dict) -> int | None:
 
 
 def panics(daemon) -> int:
-    return daemon.duet.counts["panics"]
+    return daemon.session.counts["panics"]
 
 
 def settings_now(daemon) -> dict:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from musebot.realtime.io import system as ports
 from musebot.realtime.clock import now, sleep_until
 from musebot.realtime.constraints import NOTE_NAMES, SCALES
+from musebot.realtime.io import system as ports
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,9 @@ def run_accompany_bench(args: argparse.Namespace) -> dict:
 
 def _measure(args: argparse.Namespace, model, server: str) -> dict:
     """A daemon in accompany mode against the musician process, on the JACK server ``server``."""
-    from musebot.realtime.modes.band import BandConfig
     from musebot.realtime.config import ServeConfig
     from musebot.realtime.daemon import Daemon, ServeOptions
+    from musebot.realtime.modes.band import BandConfig
 
     daemon = None
     try:
@@ -150,7 +150,7 @@ def _measure(args: argparse.Namespace, model, server: str) -> dict:
             lambda due, sent, output, msg, tag: sends.append((due, sent, msg, tag))
             if tag and tag.startswith("part:") and output is daemon.outputs[0] else None)
         daemon.start()
-        accompanist = daemon.duet
+        accompanist = daemon.session
         tb = accompanist.timebase
         origin = tb.time_at(float(int(tb.beat_at(now())) + 2))  # the musician starts on a beat, 2 beats in
         musician = subprocess.Popen(

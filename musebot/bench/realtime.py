@@ -19,85 +19,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
 import time
 
 import numpy as np
 
+from musebot.bench.stats import Probe, percentiles
 from musebot.realtime import midi
-from musebot.realtime.io import system as ports
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.errors import NoMidiSystemError
-from musebot.realtime.io.poller import MidiPoller
+from musebot.realtime.io import system as ports
 from musebot.realtime.io.outputs import RtMidiOutput
 from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 
-def _percentiles(values_s: list[float]) -> dict:
-    if not values_s:
-        return {"n": 0}
-    ms = np.asarray(values_s) * 1e3
-    return {
-        "n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-    }
-
-
-class _Probe:
-    """A JACK client: an ear on one port (arrival times) and optionally a key into another."""
-
-    def __init__(self, listen_to: str, play_to: str | None = None) -> None:
-        rtmidi = ports.rtmidi_module()
-        self.heard: list[tuple[float, tuple[int, ...]]] = []
-        self._lock = threading.Lock()
-        self.ear = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="bench-ear")
-        self.ear.open_port(self._find(self.ear, listen_to), "in")
-        self._poller = MidiPoller(self.ear, self._hear, "bench-ear")
-        self.key = None
-        if play_to:
-            self.key = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="bench-key")
-            self.key.open_port(self._find(self.key, play_to), "out")
-
-    @staticmethod
-    def _find(client, name: str) -> int:
-        end = time.monotonic() + 5
-        while time.monotonic() < end:
-            names = client.get_ports()
-            if name in names:
-                return names.index(name)
-            time.sleep(0.02)
-        raise NoMidiSystemError(f"JACK port {name!r} did not appear")
-
-    def _hear(self, t: float, message: list[int]) -> None:
-        with self._lock:
-            self.heard.append((t, tuple(message)))
-
-    def send(self, msg: tuple[int, ...]) -> float:
-        t = now()
-        self.key.send_message(list(msg))
-        return t
-
-    def note_ons(self) -> list[tuple[float, tuple[int, ...]]]:
-        with self._lock:
-            return [(t, m) for t, m in self.heard if midi.is_note_on(m)]
-
-    def close(self) -> None:
-        self._poller.stop()
-        for client in (self.ear, self.key):
-            if client is not None:
-                client.close_port()
-                client.delete()
-
-
 def bench_scheduling(n_notes: int, spacing_s: float = 0.004) -> dict:
     """``n_notes`` notes through the scheduler to a virtual JACK port, heard by a second client."""
     api = ports.api_id("jack")
     out = RtMidiOutput(api, "bench-sched", "out", virtual=True)
-    probe = _Probe("bench-sched:out")
+    probe = Probe("bench-sched:out")
     sched = Scheduler(late_s=0.002, drop_late_s=1.0)
     due_of: dict[tuple[int, int], float] = {}
     try:
@@ -119,8 +60,8 @@ def bench_scheduling(n_notes: int, spacing_s: float = 0.004) -> dict:
         return {
             "notes": n_notes, "messages_sent": sched.stats.sent, "late_over_2ms": sched.stats.late,
             "dropped": sched.stats.dropped_late, "share_within_2ms": round(within_2ms, 5),
-            "abs_sent_minus_due": _percentiles([abs(e) for e in errors]),
-            "arrival_minus_due": _percentiles(arrivals), "arrivals": len(arrivals),
+            "abs_sent_minus_due": percentiles([abs(e) for e in errors]),
+            "arrival_minus_due": percentiles(arrivals), "arrivals": len(arrivals),
         }
     finally:
         sched.stop()
@@ -133,7 +74,7 @@ def bench_thru(n_notes: int = 300) -> dict:
     from musebot.realtime.daemon import Daemon, ServeOptions
 
     daemon = Daemon(ServeConfig(thru=True), ServeOptions(mode="listen", answer="echo")).start()
-    probe = _Probe("musebot-out:out", play_to="musebot:in")
+    probe = Probe("musebot-out:out", play_to="musebot:in")
     try:
         time.sleep(0.1)
         sent = {}
@@ -146,7 +87,7 @@ def bench_thru(n_notes: int = 300) -> dict:
         time.sleep(0.2)
         ons = probe.note_ons()
         latencies = [t - sent[i] for i, (t, _m) in enumerate(ons[:n_notes])]
-        return {"notes": n_notes, "received": len(ons), "latency": _percentiles(latencies)}
+        return {"notes": n_notes, "received": len(ons), "latency": percentiles(latencies)}
     finally:
         probe.close()
         daemon.close()
@@ -158,7 +99,7 @@ def bench_answers(model: str | None, phrases: int, bpm: float) -> dict:
 
     config = ServeConfig(bpm=bpm, silence_ms=300, seed=1)
     daemon = Daemon(config, ServeOptions(model=model, answer="model" if model else "echo")).start()
-    probe = _Probe("musebot-out:out", play_to="musebot:in")
+    probe = Probe("musebot-out:out", play_to="musebot:in")
     latencies, missing = [], 0
     try:
         time.sleep(0.1)
@@ -171,9 +112,9 @@ def bench_answers(model: str | None, phrases: int, bpm: float) -> dict:
                 time.sleep(0.1)
                 probe.send((0x80, p, 0))
             end = now() + 1.0
-            while daemon.duet.state != "waiting" and now() < end:  # the listener saw the last release
+            while daemon.session.state != "waiting" and now() < end:  # the listener saw the last release
                 time.sleep(0.001)
-            answer_id = daemon.duet.answer_id
+            answer_id = daemon.session.answer_id
             end = now() + 0.3 + 2.0
             while now() < end and len(probe.note_ons()) == before:
                 time.sleep(0.002)
@@ -184,7 +125,7 @@ def bench_answers(model: str | None, phrases: int, bpm: float) -> dict:
             else:
                 latencies.append(ons[0][0] - due)
             # Let the answer play out before the next call (the answer is as long as the call).
-            while daemon.duet.state != "idle" and now() < end + 3:
+            while daemon.session.state != "idle" and now() < end + 3:
                 time.sleep(0.01)
         takeover, takeover_missing = [], 0
         for k in range(phrases):
@@ -208,16 +149,15 @@ def bench_answers(model: str | None, phrases: int, bpm: float) -> dict:
                 takeover_missing += 1
             probe.send((0xB0, config.controls.takeover, 0))
             probe.send((0xB0, 64, 0))
-            while daemon.duet.state != "idle" and now() < end + 3:
+            while daemon.session.state != "idle" and now() < end + 3:
                 time.sleep(0.01)
-        figures = {"answerer": daemon.answerer.name, "phrases": phrases, "missing": missing,
-                   "first_note_minus_due": _percentiles(latencies),
+        figures = {"answerer": daemon.session.name, "phrases": phrases, "missing": missing,
+                   "first_note_minus_due": percentiles(latencies),
                    "takeover_lead_ms": config.takeover_lead_ms, "takeover_missing": takeover_missing,
-                   "takeover_cc_to_first_note": _percentiles(takeover)}
-        stats = getattr(daemon.answerer, "stats", None)
-        if stats is not None:
-            figures["worker"] = {"events": stats.events, "late_rows": stats.late_rows,
-                                 "rollbacks": stats.rollbacks, "headroom": round(stats.headroom, 2)}
+                   "takeover_cc_to_first_note": percentiles(takeover)}
+        generation = daemon.session.generation()
+        if generation is not None:
+            figures["worker"] = generation
         return figures
     finally:
         probe.close()
@@ -250,7 +190,7 @@ def bench_generation(model: str, events: int, bpm: float) -> dict:
     music = steps / 16 * 60.0 / bpm
     return {
         "provider": engine.provider, "events": events, "events_per_s": round(events / compute, 1),
-        "per_event": _percentiles(per_event), "music_s": round(music, 2), "compute_s": round(compute, 3),
+        "per_event": percentiles(per_event), "music_s": round(music, 2), "compute_s": round(compute, 3),
         "headroom": round(music / compute, 2) if compute else None,
     }
 

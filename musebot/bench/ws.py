@@ -21,11 +21,11 @@ import json
 import logging
 import time
 
+from musebot.bench.stats import Probe, percentiles
 from musebot.realtime import midi
-from musebot.realtime.io import system as ports
-from musebot.bench.realtime import _percentiles, _Probe
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
+from musebot.realtime.io import system as ports
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,16 @@ class _WsProbe:
 
 def bench_paths(rounds: int) -> dict:
     """``rounds`` takeovers over each path, alternating, in one daemon; figures per path."""
-    from musebot.realtime.daemon import Daemon, ServeOptions
+    from musebot.realtime.daemon import ServeOptions
+    from musebot.serve import Service
 
     config = ServeConfig(bpm=120, seed=1)
-    daemon = Daemon(config, ServeOptions(answer="echo", port=0)).start()
+    daemon = Service(config, ServeOptions(answer="echo", port=0)).start()
     received: list[tuple[float, tuple]] = []  # what the listener got, with its timestamps
     sent: list[tuple[float, tuple]] = []  # what the scheduler sent to the MIDI output
     daemon.input_observers.append(lambda t, data: received.append((t, tuple(data))))
     daemon.send_observers.append(lambda _due, t, _output, msg, _tag: sent.append((t, msg)))
-    jack = _Probe("musebot-out:out", play_to="musebot:in")
+    jack = Probe("musebot-out:out", play_to="musebot:in")
     ws = _WsProbe(f"ws://127.0.0.1:{daemon.server.port}/ws")
     takeover = config.controls.takeover
     lead = config.takeover_lead_ms / 1000
@@ -130,12 +131,12 @@ def bench_paths(rounds: int) -> dict:
             play((0xB0, takeover, 0))
             play((0xB0, midi.CC_SUSTAIN, 0))
             end = now() + 2.0
-            while daemon.duet.state != "idle" and now() < end:
+            while daemon.session.state != "idle" and now() < end:
                 time.sleep(0.002)
             time.sleep(0.01)
         for path, values in samples.items():
-            figures[path] = {name: _percentiles(v) for name, v in values.items()}
-            figures[path]["added"] = _percentiles([v - lead for v in values["event_to_answer"]])
+            figures[path] = {name: percentiles(v) for name, v in values.items()}
+            figures[path]["added"] = percentiles([v - lead for v in values["event_to_answer"]])
             figures[path]["missing"] = missing[path]
         figures["takeover_lead_ms"] = config.takeover_lead_ms
         figures["rounds_per_path"] = rounds

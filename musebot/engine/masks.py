@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from musebot.tokenizers.vocab import Vocabulary
+from musebot.tokenizers.vocab import STEPS_PER_BEAT, Vocabulary
 
 DRUM_CHANNEL = 9
-STEPS_PER_BEAT = 16  # time2 resolution: a beat holds 16 grid steps (spec 2.4)
 
 
 class ConstraintError(ValueError):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STEPS_PER_BEAT = 16  # the SkyTNT grid: 16 steps per quarter note (64th notes)
+from musebot.tokenizers.vocab import STEPS_PER_BEAT
+
 DRUM_CHANNEL = 9
 METRIC_NAMES = ("H1", "H4", "GS", "pitch_class_entropy", "scale_consistency", "groove_consistency")
 

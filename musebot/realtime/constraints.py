@@ -296,6 +296,22 @@ class KeyTracker:
         return frozenset((self.tonic + s) % 12 for s in SCALES["major"])
 
 
+class KeyFollower:
+    """The musician's key, for a model trained in C major / A minor (``"key_normalised"`` in its
+    config.json): the band's :class:`KeyTracker`, slower (a key holds for bars, not beats), and the
+    transposition from it to C major (-6..+5 semitones, so the register moves least)."""
+
+    def __init__(self) -> None:
+        self.tracker = KeyTracker(half_life_beats=8.0, margin=1.0)
+
+    def hear(self, beat: float, pitch: int) -> None:
+        self.tracker.hear(beat, pitch)
+
+    @property
+    def shift(self) -> int:
+        return shift_to_c(self.tracker.tonic)
+
+
 class PartMasks(MaskTable):
     """A :class:`MaskTable` whose pitch choice depends on the channel chosen: each part's register and the key
     lock; each track is bound to one channel. ``tracks`` maps track -> channel (the musician's too)."""

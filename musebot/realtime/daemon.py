@@ -21,22 +21,22 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from musebot.realtime.modes import call as duet_module
-from musebot.realtime.io import system as ports
-from musebot.realtime.io.inputs import RtMidiInput
-from musebot.realtime.modes.answers import Answerer, AnswerSlot, EchoAnswerer
-from musebot.realtime.modes.band import BAND_MODES, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.modes.call import Duet
 from musebot.realtime.errors import PortNotFoundError, RealtimeError
-from musebot.realtime.io.outputs import FluidSynthOutput, Output, RtMidiOutput
+from musebot.realtime.io import system as ports
+from musebot.realtime.io.inputs import RtMidiInput
+from musebot.realtime.io.outputs import FluidSynthOutput, NetworkOutput, Output, RtMidiOutput
 from musebot.realtime.io.recorder import SessionRecorder
+from musebot.realtime.modes import SERVE_MODES, Session, make_session
+from musebot.realtime.modes.answers import AnswerSlot
+from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.scheduler import Scheduler
+
+__all__ = ["SERVE_MODES", "Daemon", "ServeOptions"]
 
 log = logging.getLogger(__name__)
 
-SERVE_MODES = tuple(duet_module.MODES) + BAND_MODES  # every --mode of ``musebot serve`` (the network API's list)
 CLIENT_NAME = "musebot"  # the input's client: "musebot:in"; the virtual output's: "musebot-out:out"
 HEALTH_PERIOD_S = 0.5
 
@@ -63,15 +63,6 @@ class ServeOptions:
     band: BandConfig | None = None  # --mode accompany / looper: parts, clock, key (default: BandConfig())
 
 
-class NetworkOutput(Output):
-    """``--output none`` with ``--port``: nothing plays here; the API reports every message to the page."""
-
-    kind = "network"
-
-    def _send(self, msg: tuple) -> None:
-        pass
-
-
 class Daemon:
     """All parts built from a ServeConfig and ServeOptions; ``run()`` serves until stopped."""
 
@@ -95,21 +86,16 @@ class Daemon:
         # Observers of what the listener receives and the scheduler sends (the network API); quick, any thread.
         self.input_observers: list = []
         self.send_observers: list = []
-        self.server = None
-        # The Duet belongs to the listener thread; the health monitor and shutdown panic through this lock.
-        self._duet_lock = threading.Lock()
+        # The session belongs to the listener thread; the API, the health monitor and shutdown take this lock.
+        self._session_lock = threading.Lock()
+        self.session: Session | None = None
         self.started_at = now()
         try:
             self._open_outputs()
             self._open_input()
             self.slot = AnswerSlot(self.scheduler, self.outputs, config.answer_channel)
-            if options.mode in BAND_MODES:
-                # The band plays in the listener's place of the duet, and is the answerer the API talks to.
-                self.duet = self.answerer = self._make_band()
-            else:
-                self.answerer = self._make_answerer()
-                self.duet = Duet(config, self.scheduler, self.outputs, self.slot, self.answerer, self.recorder,
-                                 options.mode)
+            self.session = make_session(options.mode, config, self.scheduler, self.outputs, self.slot,
+                                        self.recorder, options.model, options.answer, options.band, self.api)
         except BaseException:
             self.close()
             raise
@@ -163,49 +149,15 @@ class Daemon:
         )
         log.info("input: %s", self.input.connected_to or self.input.name)
 
-    def _make_answerer(self) -> Answerer:
-        kind = self.options.answer or ("model" if self.options.model else "echo")
-        if kind == "echo":
-            log.info("answering by echo: musebot plays your phrase back (no model loaded)")
-            return EchoAnswerer(self.slot)
-        if kind != "model":
-            raise ValueError(f"--answer must be 'model' or 'echo', got {kind!r}")
-        if not self.options.model:
-            raise ValueError("--answer model needs --model DIR (an exported model folder)")
-        from musebot.realtime.modes.call_worker import ModelAnswerer
-
-        return ModelAnswerer.load(self.options.model, self.slot, self.config)
-
-    def _make_band(self):
-        from musebot.realtime.modes.band import make_band
-
-        if self.options.mode not in SERVE_MODES:
-            raise ValueError(f"--mode must be one of {', '.join(SERVE_MODES)}, got {self.options.mode!r}")
-        band = self.options.band or BandConfig.for_mode(self.options.mode)
-        band.mode = self.options.mode
-        made = make_band(self.config, band, self.scheduler, self.outputs, self.options.model, self.api)
-        made.recorder = self.recorder
-        return made
-
-    def band_settings(self) -> dict | None:
-        """Clock, key, parts and telemetry of an accompany or looper session (None in call/listen mode)."""
-        settings = getattr(self.duet, "settings_dict", None)
-        return settings() if settings is not None else None
-
     # ---- running --------------------------------------------------------------------------------------
     def start(self) -> Daemon:
         self.scheduler.start()
-        if hasattr(self.duet, "started"):
-            self.duet.started()  # a band raises the scheduler thread's priority
+        self.session.started()  # a band raises the scheduler thread's priority
         for target, name in ((self._listen, "musebot-listener"), (self._watch, "musebot-health")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("serving in mode %r at %.0f bpm; Ctrl-C to stop", self.duet.mode, self.config.bpm)
-        if self.options.port is not None or self.options.osc_port is not None:
-            from musebot.server.app import ApiServer
-
-            self.server = ApiServer(self).start()
+        log.info("serving in mode %r at %.0f bpm; Ctrl-C to stop", self.session.mode, self.config.bpm)
         return self
 
     def feed(self, data: object, t: float | None = None) -> bool:
@@ -219,21 +171,22 @@ class Daemon:
             return False
 
     @property
-    def duet_lock(self) -> threading.Lock:
-        """Held while the duet handles a message; take it to change the duet from another thread."""
-        return self._duet_lock
+    def session_lock(self) -> threading.Lock:
+        """Held while the session handles a message; take it to change the session from another thread."""
+        return self._session_lock
 
-    def run(self) -> int:
-        """Serve until SIGINT or SIGTERM (main thread only), then shut down cleanly."""
+    def run(self, start=None, close=None) -> int:
+        """Serve until SIGINT or SIGTERM (main thread only), then shut down cleanly. ``start`` and
+        ``close`` replace :meth:`start` and :meth:`close` (a composition that adds a network face)."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self.start()
+            (start or self.start)()
             while not self.stop_event.wait(0.2):
                 pass
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.close()
+            (close or self.close)()
         return 0
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -250,19 +203,24 @@ class Daemon:
             if data is not None:
                 for observer in self.input_observers:
                     observer(t, data)
-            with self._duet_lock:
+            with self._session_lock:
                 try:
                     if data is not None:
-                        self.duet.handle(t, data)
-                    self.duet.tick(now())
+                        self.session.handle(t, data)
+                    self.session.tick(now())
                 except Exception:  # a bug must not leave notes sounding nor stop the daemon
                     log.exception("listener: error while handling %r; panic", data)
-                    self.duet.panic(now(), "exception in the listener")
+                    self.session.panic(now(), "exception in the listener")
+
+    def panic(self, reason: str) -> None:
+        """Release every note now, from any thread (shutdown panics before anything stops)."""
+        if self.session is not None:
+            self._panic(reason)
 
     def _panic(self, reason: str) -> None:
-        """Panic from any thread: the duet is the listener's, so take its lock."""
-        with self._duet_lock:
-            self.duet.panic(now(), reason)
+        """Panic from any thread: the session is the listener's, so take its lock."""
+        with self._session_lock:
+            self.session.panic(now(), reason)
 
     def _on_send(self, due: float, sent: float, output: Output, msg: tuple, tag: str | None) -> None:
         ours = tag == "answer" or (tag is not None and tag.startswith("part:"))
@@ -355,17 +313,13 @@ class Daemon:
     def close(self) -> None:
         """Panic every output, stop the threads, save the recording. Safe to call twice."""
         self.stop_event.set()
-        if getattr(self, "server", None) is not None:
-            self.server.stop()
-            self.server = None
-        if getattr(self, "duet", None) is not None:
+        if self.session is not None:
             self._panic("shutdown")
         self.scheduler.stop()
         for thread in self._threads:
             thread.join(1.0)
-        answerer = getattr(self, "answerer", None)
-        if answerer is not None:
-            answerer.close()
+        if self.session is not None:
+            self.session.close()
         for output in self.outputs:
             output.close()
         if self.input:
@@ -377,6 +331,6 @@ class Daemon:
 
     def session_meta(self) -> dict:
         meta = {"seed": self.config.seed, "config": self.config.to_dict(), "mode": self.options.mode}
-        meta["answer"] = getattr(getattr(self, "answerer", None), "name", None)
+        meta["answer"] = self.session.name if self.session is not None else None
         meta["model"] = str(Path(self.options.model).resolve()) if self.options.model else None
         return meta

@@ -1,13 +1,13 @@
 """What the network API can read and change in a running :class:`~musebot.realtime.daemon.Daemon`.
 
-Shared by HTTP, WebSocket and OSC, so the three cannot disagree. Changes are made under the daemon's duet
-lock (the listener thread owns the duet) and are all-or-nothing: everything that can be refused is checked
+Shared by HTTP, WebSocket and OSC, so the three cannot disagree. It talks to the daemon's session only
+through the :class:`~musebot.realtime.modes.base.Session` interface, under the daemon's session lock (the
+listener thread owns the session). Changes are all-or-nothing: everything that can be refused is checked
 before anything is changed.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,9 +31,9 @@ class SettingsError(ValueError):
 def modes() -> tuple[str, ...]:
     """Every ``--mode`` of ``musebot serve``, as the daemon lists them (a session may refuse to switch
     between some of them live: the refusal says why)."""
-    from musebot.realtime import daemon
+    from musebot.realtime.modes import SERVE_MODES
 
-    return tuple(daemon.SERVE_MODES)
+    return tuple(SERVE_MODES)
 
 
 class Control:
@@ -50,7 +50,7 @@ class Control:
     def settings(self) -> dict:
         d = self.daemon
         settings = {
-            "mode": d.duet.mode,
+            "mode": d.session.mode,
             "bpm": d.config.bpm,
             "temperature": d.config.temperature,
             "answer_beats": d.config.answer_beats,
@@ -58,15 +58,15 @@ class Control:
             "parts": {"answer": {"channel": d.slot.channel}},
             "constraints": {},
         }
-        band = _band_parts(d)
+        band = d.session.part_settings()
         if band is not None:
             for name, part in band.parts.items():
                 settings["parts"][name] = {"channel": part.channel, "mute": part.mute, "solo": part.solo,
                                            "density": part.density, "velocity_scale": part.velocity_scale}
-        masks = getattr(d.answerer, "masks", None)
-        if masks is not None:
-            constraints = {"pitch_range": masks.constraints.pitch_range,
-                           "pitch_classes": masks.constraints.pitch_classes, **self.constraints}
+        current = d.session.constraints()
+        if current is not None:
+            constraints = {"pitch_range": current.pitch_range,
+                           "pitch_classes": current.pitch_classes, **self.constraints}
             if constraints["pitch_range"] is not None:
                 settings["constraints"]["pitch_range"] = list(constraints["pitch_range"])
             classes = constraints["pitch_classes"]
@@ -83,21 +83,13 @@ class Control:
         if errors:
             p50, p99 = np.percentile(np.asarray(errors) * 1e3, [50, 99])
             error_ms.update(p50=round(float(p50), 4), p99=round(float(p99), 4))
-        generation = None
-        worker = getattr(d.answerer, "stats", None)
-        if worker is not None:
-            headroom = worker.headroom
-            generation = {
-                "events": worker.events, "answers": worker.answers, "late_rows": worker.late_rows,
-                "rollbacks": worker.rollbacks,
-                "headroom": round(headroom, 3) if math.isfinite(headroom) else None,
-            }
+        session = d.session
         return {
-            "mode": d.duet.mode,
+            "mode": session.mode,
             "bpm": d.config.bpm,
-            "answerer": getattr(d.answerer, "name", "unknown"),
+            "answerer": session.name,
             "model": Path(d.options.model).name if d.options.model else None,
-            "state": getattr(d.duet, "state", "playing"),
+            "state": session.state,
             "midi_system": d.api is not None,
             "uptime_s": round(now() - d.started_at, 3),
             "settings": self.settings(),
@@ -105,24 +97,25 @@ class Control:
                 "sent": stats.sent, "late": stats.late, "dropped_late": stats.dropped_late,
                 "cancelled": stats.cancelled, "max_late_ms": round(stats.max_late_s * 1e3, 4),
                 "scheduling_error_ms": error_ms,
-                "generation": generation,
-                "counts": dict(d.duet.counts),
+                "generation": session.generation(),
+                "counts": dict(session.counts),
                 "network_input_dropped": self.network_input_dropped,
             },
             "clients": clients or {"observers": 0, "performer": False},
-            "band": d.band_settings() if hasattr(d, "band_settings") else None,
+            "band": session.band_status(),
         }
 
     # ---- changing ------------------------------------------------------------------------------------
     def apply(self, changes: dict) -> dict:
         """Apply validated ``changes`` (see ``schemas.settings_schema``); returns the settings now."""
         d = self.daemon
-        answerer = d.answerer
+        session = d.session
         constraints = changes.get("constraints")
         if constraints:
-            if not hasattr(answerer, "set_constraints"):
+            current = session.constraints()
+            if current is None:
                 raise SettingsError(
-                    f"constraints shape the model's answers; the {answerer.name!r} answerer has none "
+                    f"constraints shape the model's answers; the {session.name!r} answerer has none "
                     "(serve with --model DIR)", 409,
                 )
             kwargs: dict = {}
@@ -134,15 +127,15 @@ class Control:
             if "pitch_classes" in constraints:
                 classes = constraints["pitch_classes"]
                 kwargs["pitch_classes"] = frozenset(classes) if classes is not None else None
-            now_set = {"pitch_range": answerer.masks.constraints.pitch_range,
-                       "pitch_classes": answerer.masks.constraints.pitch_classes, **self.constraints, **kwargs}
+            now_set = {"pitch_range": current.pitch_range,
+                       "pitch_classes": current.pitch_classes, **self.constraints, **kwargs}
             low, high = now_set["pitch_range"] or (0, 127)
             classes = now_set["pitch_classes"]
             # The mask table accepts an empty pitch set and the engine would then have nothing to sample.
             if classes is not None and not any(p % 12 in classes for p in range(low, high + 1)):
                 raise SettingsError(f"constraints: no allowed pitch class lies in {low}..{high}", 409)
         parts = changes.get("parts") or {}
-        band = _band_parts(d)
+        band = session.part_settings()
         for name, values in parts.items():
             if name == "answer":
                 if set(values) - {"channel"}:
@@ -155,10 +148,10 @@ class Control:
         mode = changes.get("mode")
         if mode is not None and mode not in modes():
             raise SettingsError(f"mode must be one of {', '.join(modes())}, got {mode!r}")
-        with d.duet_lock:
-            if mode is not None and mode != d.duet.mode:
+        with d.session_lock:
+            if mode is not None and mode != session.mode:
                 try:
-                    d.duet.set_mode(now(), mode)
+                    session.set_mode(now(), mode)
                 except ValueError as exc:  # call/listen and the band modes do not switch into each other
                     raise SettingsError(f"this session cannot switch to {mode!r} live ({exc}); restart "
                                         f"musebot serve with --mode {mode}", 409) from exc
@@ -166,17 +159,16 @@ class Control:
                 from musebot.engine.masks import ConstraintError
 
                 try:
-                    answerer.set_constraints(**{**self.constraints, **kwargs})
+                    session.set_constraints(**{**self.constraints, **kwargs})
                 except ConstraintError as exc:  # e.g. no pitch class inside the range: nothing could play
                     raise SettingsError(f"constraints: {exc}", 409) from exc
                 self.constraints.update(kwargs)
             if "bpm" in changes:
                 d.config.bpm = float(changes["bpm"])
-                if hasattr(answerer, "set_tempo"):
-                    answerer.set_tempo(d.config.bpm)
+                session.set_tempo(d.config.bpm)
             if "temperature" in changes:
                 d.config.temperature = float(changes["temperature"])
-                answerer.set_temperature(d.config.temperature)
+                session.set_temperature(d.config.temperature)
             if "answer_beats" in changes:
                 beats = changes["answer_beats"]
                 d.config.answer_beats = None if beats is None else float(beats)
@@ -196,9 +188,9 @@ class Control:
     def panic(self, reason: str) -> int:
         """Release every note on every output and channel; returns the daemon's panic count."""
         d = self.daemon
-        with d.duet_lock:
-            d.duet.panic(now(), reason, all_channels=True)
-            return d.duet.counts["panics"]
+        with d.session_lock:
+            d.session.panic(now(), reason, all_channels=True)
+            return d.session.counts["panics"]
 
     def feed(self, msg: tuple[int, ...]) -> bool:
         """A MIDI message from the network, handled like one from the MIDI input."""
@@ -206,12 +198,6 @@ class Control:
             return True
         self.network_input_dropped += 1
         return False
-
-
-def _band_parts(daemon: Daemon):
-    """The live part settings of an accompany or looper session (``constraints.LiveSettings``), else None."""
-    settings = getattr(daemon.duet, "settings", None)
-    return settings if hasattr(settings, "parts") and hasattr(settings, "lock") else None
 
 
 def _snapshot(values) -> list:

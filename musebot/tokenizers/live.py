@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import mido
 
 from musebot.tokenizers.tokenizer import MIDITokenizer
+from musebot.tokenizers.vocab import STEPS_PER_BEAT
 
 SUSTAIN_PEDAL = 64
 
@@ -105,6 +106,12 @@ class LiveConverter:
             raise ValueError(f"tempo {bpm} bpm is outside 1..1000")
         origin_s, origin_tick, old_bpm = self._tempo_origin
         self._tempo_origin = (time_s, origin_tick + (time_s - origin_s) * old_bpm / 60.0 * self.tpb, bpm)
+
+    def reanchor(self, time_s: float, beat: float, bpm: float | None = None) -> None:
+        """From now on ``time_s`` is ``beat`` (beats since the converter's start) at ``bpm`` (default: the
+        tempo in use): a tracked beat moves the grid onto the musician's pulse, an answer's end onto its
+        last step. Ticks already written stay as they are."""
+        self._tempo_origin = (time_s, beat * self.tpb, self.bpm if bpm is None else bpm)
 
     @property
     def bpm(self) -> float:
@@ -220,11 +227,11 @@ class LiveConverter:
         return self.channel_tracks[channel]
 
     def _encode(self, event: list) -> list[int] | None:
-        step = round(16 * event[1] / self.tpb)
+        step = round(STEPS_PER_BEAT * event[1] / self.tpb)
         name = event[0]
         if name == "note":
             _, _, dur, c, p, v = event
-            return self.encoder.encode("note", step, self._track(c), c, p, v, max(1, round(16 * dur / self.tpb)))
+            return self.encoder.encode("note", step, self._track(c), c, p, v, max(1, round(STEPS_PER_BEAT * dur / self.tpb)))
         if name == "control_change":
             return self.encoder.encode(name, step, self._track(event[2]), *event[2:5])
         return self.encoder.encode(name, step, self._track(event[2]), event[2], event[3])

@@ -35,6 +35,7 @@ V1_PARAMETERS: dict[str, int] = {**_COMMON_PARAMETERS, "bpm": 256}
 V2_PARAMETERS: dict[str, int] = {**_COMMON_PARAMETERS, "bpm": 384, "nn": 16, "dd": 4, "sf": 15, "mi": 2}
 
 MAX_TOKEN_SEQ = 8
+STEPS_PER_BEAT = 16  # time2 resolution: a beat holds 16 grid steps (spec 2.4)
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,13 +30,14 @@ import numpy as np
 
 from musebot.engine.masks import DRUM_CHANNEL
 from musebot.realtime import midi
-from musebot.realtime.modes.band import MUSICIAN_TRACK, PART_TAG, STEPS, Band, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.constraints import LiveSettings, PartMasks, PartsConfigError
+from musebot.realtime.constraints import KeyFollower, LiveSettings, PartMasks, PartsConfigError
 from musebot.realtime.io.outputs import Output
+from musebot.realtime.modes.band import MUSICIAN_TRACK, PART_TAG, Band, BandConfig
+from musebot.realtime.modes.base import ModelThread
 from musebot.realtime.scheduler import Scheduler
-from musebot.realtime.modes.call_worker import KeyFollower
+from musebot.tokenizers.vocab import STEPS_PER_BEAT
 
 if TYPE_CHECKING:
     from musebot.engine.engine import Engine
@@ -101,12 +101,13 @@ class Accompanist(Band):
         self._step_s = 0.005
         engine.reset()
         engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="musebot-accompany", daemon=True)
-        self._thread.start()
+        # A model error drops the plan; the band goes on.
+        self._model = ModelThread("musebot-accompany", self._step, lambda: self._inbox.put(("quit",)),
+                                  on_error=self._drop_plan)
+        self._model.start()  # after the assignment: the first step reads self._model
 
     # ---- listener thread: only enqueue ---------------------------------------------------------------
-    def hear(self, t: float, msg: midi.Message) -> None:
+    def play(self, t: float, msg: midi.Message) -> None:
         # The onset goes to the planner at once (it decides whether the plan still holds); the length
         # follows at the release. Both in beats, read from the timebase at the moment they were played.
         if midi.is_note_on(msg):
@@ -122,24 +123,14 @@ class Accompanist(Band):
         super().panic(t, reason, all_channels)
 
     def close(self) -> None:
-        self._running = False
-        self._inbox.put(("quit",))
-        self._thread.join(2.0)
+        self._model.stop()
         super().close()
 
     # ---- the planner thread --------------------------------------------------------------------------
-    def _run(self) -> None:
-        while self._running:
-            try:
-                self._step()
-            except Exception:  # a model error must not stop the band: drop the plan and go on
-                log.exception("accompany planner: error; the plan is dropped")
-                self._drop_plan()
-
     def _step(self) -> None:
         tb = self.timebase
         self._drain()
-        if not self._running:
+        if not self._model.running:
             return
         if not tb.running:
             if not self._stopped_seen:
@@ -147,15 +138,15 @@ class Accompanist(Band):
                 self.telemetry.retracted += self.retract()
                 self._drop_plan()
                 # Part notes fixed past the stop position never sounded: they leave the context.
-                position = tb.beat_at(now()) * STEPS
+                position = tb.beat_at(now()) * STEPS_PER_BEAT
                 self.committed = [i for i in self.committed if i.part is None or i.step < position]
                 log.info("clock stopped: the parts stop with it")
             self._wait(0.01)
             return
         self._stopped_seen = False
-        playhead = tb.beat_at(now()) * STEPS
+        playhead = tb.beat_at(now()) * STEPS_PER_BEAT
         self._follow_timebase(playhead)
-        horizon = (self.band.min_plan_beats if self.degraded else self.band.plan_beats) * STEPS
+        horizon = (self.band.min_plan_beats if self.degraded else self.band.plan_beats) * STEPS_PER_BEAT
         if self._missed_guesses(playhead):
             self._drop_plan()
         self._commit(playhead)
@@ -173,8 +164,8 @@ class Accompanist(Band):
         stands); a jump back (start from bar 1,
         song position) starts a new context."""
         tb = self.timebase
-        if self.committed and playhead < self.committed[-1].step - 4 * STEPS:
-            log.info("accompany: the clock went back to beat %.1f; a new context starts", playhead / STEPS)
+        if self.committed and playhead < self.committed[-1].step - 4 * STEPS_PER_BEAT:
+            log.info("accompany: the clock went back to beat %.1f; a new context starts", playhead / STEPS_PER_BEAT)
             self.retract()
             self.committed = []
             self._held.clear()
@@ -217,11 +208,11 @@ class Accompanist(Band):
                 self._drop_plan()
                 self.committed = [i for i in self.committed if i.part is None or i.step <= self._now_step()]
             elif kind == "quit":
-                self._running = False
+                self._model.running = False
                 return
 
     def _now_step(self) -> float:
-        return self.timebase.beat_at(now()) * STEPS
+        return self.timebase.beat_at(now()) * STEPS_PER_BEAT
 
     def _context_end(self) -> int:
         return self.committed[-1].step if self.committed else int(self._now_step())
@@ -229,7 +220,7 @@ class Accompanist(Band):
     def _musician_on(self, beat: float, pitch: int, velocity: int) -> None:
         """A note of the musician enters the context at its onset, with a provisional length of a beat
         (corrected at its release; the next re-sync of the context writes the true one)."""
-        step = max(0, round(beat * STEPS))
+        step = max(0, round(beat * STEPS_PER_BEAT))
         if pitch in self._held:
             self._musician_off(beat, pitch)
         if self.key_follower is not None:
@@ -240,7 +231,7 @@ class Accompanist(Band):
                          self.key_follower.shift)
                 self.shift = self.key_follower.shift
                 self._drop_plan()
-        item = _Item(step, MUSICIAN_TRACK, 0, pitch, velocity, STEPS)
+        item = _Item(step, MUSICIAN_TRACK, 0, pitch, velocity, STEPS_PER_BEAT)
         self._held[pitch] = item
         _insert(self.committed, item)
         # Was it guessed? A guessed note of the same pitch within a sixteenth keeps the plan.
@@ -255,7 +246,7 @@ class Accompanist(Band):
     def _musician_off(self, beat: float, pitch: int) -> None:
         item = self._held.pop(pitch, None)
         if item is not None:
-            item.duration = max(1, round(beat * STEPS) - item.step)
+            item.duration = max(1, round(beat * STEPS_PER_BEAT) - item.step)
 
     def _missed_guesses(self, playhead: float) -> bool:
         """A guessed note of the musician whose moment has passed unplayed: the plan followed a wrong
@@ -277,7 +268,7 @@ class Accompanist(Band):
         classes = self.pitch_classes()
         if classes is None:
             return 0
-        later = self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
+        later = self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS_PER_BEAT
         pending = [i for i in self.committed if i.part is not None and i.step > later]
         if not any(i.pitch % 12 not in classes and i.channel != 9 for i in pending):
             return 0
@@ -311,11 +302,11 @@ class Accompanist(Band):
 
             try:
                 masks = PartMasks(self.engine.vocab, tracks, registers, moved(classes),
-                                  max_time_gap=2 * STEPS, max_duration=4 * STEPS)
+                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT)
             except PartsConfigError:
                 # A narrow register holds none of the few classes a key change leaves: the whole key then.
                 masks = PartMasks(self.engine.vocab, tracks, registers, moved(self.key_tracker.scale()),
-                                  max_time_gap=2 * STEPS, max_duration=4 * STEPS)
+                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT)
             if len(self._mask_cache) > 256:
                 self._mask_cache.clear()
             self._mask_cache[key] = masks
@@ -332,9 +323,9 @@ class Accompanist(Band):
     def _encode(self, items: Sequence[_Item], beat: int) -> list[list[int]]:
         """Rows of ``items`` (step order) after a row at ``beat``; sets ``_last_step`` to the last row's step."""
         rows = []
-        self._last_step = beat * STEPS
+        self._last_step = beat * STEPS_PER_BEAT
         for item in items:
-            b, t2 = divmod(item.step, STEPS)
+            b, t2 = divmod(item.step, STEPS_PER_BEAT)
             b = max(b, beat)
             # time1 has 128 values: a longer silence is shortened to 127 beats (the model never sees more).
             row = self.tokenizer.event_to_row(["note", min(b - beat, 127), t2, item.track, item.channel,
@@ -350,7 +341,7 @@ class Accompanist(Band):
         """Make the engine hold BOS + the committed context exactly (rolling back to the common prefix)."""
         if len(self.committed) > self.band.max_context:
             self.committed = self.committed[len(self.committed) - self.band.max_context * 3 // 4:]
-        rows = self._encode(self.committed, self.committed[0].step // STEPS if self.committed else 0)
+        rows = self._encode(self.committed, self.committed[0].step // STEPS_PER_BEAT if self.committed else 0)
         common = 0
         limit = min(len(rows), len(self._rows))
         while common < limit and rows[common] == self._rows[common]:
@@ -375,13 +366,13 @@ class Accompanist(Band):
         self.plan_stats["events"] += 1
         event = self.tokenizer.row_to_event(row)
         previous = self._last_step
-        prev_beat = previous // STEPS
+        prev_beat = previous // STEPS_PER_BEAT
         if event is None or event[0] != "note":
             self.engine.rollback(self.engine.n_events - 1)
             return
         _, time1, time2, track, channel, pitch, velocity, duration = event
         pitch = self._to_model(pitch, channel, back=True)
-        step = max((prev_beat + time1) * STEPS + time2, previous)
+        step = max((prev_beat + time1) * STEPS_PER_BEAT + time2, previous)
         part = self.part_of_channel.get(channel) if track != MUSICIAN_TRACK else None
         item = _Item(step, track, channel, pitch, velocity, max(1, duration), part.name if part else None)
         self._rows.append(row)
@@ -390,7 +381,7 @@ class Accompanist(Band):
         self._guessed = part is None
         # Sampled for a moment already (nearly) past: a part note is stale, never fixed (so never dropped nor
         # late); a guess can neither match nor be missed. Both stay in the context until the next re-plan.
-        late = step < self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS
+        late = step < self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS_PER_BEAT
         if part is not None and self._crowded(item, part.polyphony):
             self.plan_stats["capped"] += 1  # the part's polyphony is full at that onset: not played
         elif not late:
@@ -407,13 +398,13 @@ class Accompanist(Band):
     def _check_pace(self, playhead: float) -> None:
         """Degrade when the plan does not reach past the commit horizon; recover when it is well ahead."""
         end = self._last_step
-        commit = playhead + self.band.commit_beats * STEPS
+        commit = playhead + self.band.commit_beats * STEPS_PER_BEAT
         if not self.degraded and end < commit and self._plan_rows > 8:
             self.degraded = True
             self.plan_stats["behind"] += 1
             log.warning("accompany: generation behind the playhead; degraded (no guessing of the musician, "
                         "%.2f-beat plan)", self.band.min_plan_beats)
-        elif self.degraded and end > playhead + self.band.plan_beats * STEPS:
+        elif self.degraded and end > playhead + self.band.plan_beats * STEPS_PER_BEAT:
             self.degraded = False
             log.info("accompany: generation ahead again; full planning")
 
@@ -421,7 +412,7 @@ class Accompanist(Band):
     def _commit(self, playhead: float) -> None:
         """Part notes of the plan inside the commit horizon are fixed and scheduled; guesses of the musician
         stay in the plan (never played) until the musician's notes confirm or contradict them."""
-        limit = playhead + self.band.commit_beats * STEPS
+        limit = playhead + self.band.commit_beats * STEPS_PER_BEAT
         if not self._plan or self._plan[0].step > limit:
             return
         keep = []
@@ -435,8 +426,8 @@ class Accompanist(Band):
 
     def _schedule(self, item: _Item) -> None:
         tb = self.timebase
-        due = tb.time_at(item.step / STEPS)
-        end = tb.time_at((item.step + item.duration) / STEPS)
+        due = tb.time_at(item.step / STEPS_PER_BEAT)
+        end = tb.time_at((item.step + item.duration) / STEPS_PER_BEAT)
         if due is None or end is None:
             return
         part = self.settings.parts[item.part]
@@ -448,7 +439,7 @@ class Accompanist(Band):
         self.play_note(part, due, end, item.pitch, item.velocity)
 
     def _schedule_off(self, item: _Item) -> None:
-        end = self.timebase.time_at((item.step + item.duration) / STEPS)
+        end = self.timebase.time_at((item.step + item.duration) / STEPS_PER_BEAT)
         part = self.settings.parts[item.part]
         if end is not None:
             off = midi.note_off(part.channel, item.pitch)

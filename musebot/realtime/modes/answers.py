@@ -95,6 +95,20 @@ class Answerer:
     def set_temperature(self, temperature: float) -> None:
         pass
 
+    def set_tempo(self, bpm: float) -> None:
+        """The musician's tempo from now on (an answerer without a beat grid ignores it)."""
+
+    def constraints(self):
+        """The answers' pitch constraints (``engine.masks.Constraints``), or None when nothing masks them."""
+        return
+
+    def set_constraints(self, **changes: object) -> None:
+        raise NotImplementedError(f"the {self.name!r} answerer has no constraints")
+
+    def generation(self) -> dict | None:
+        """Generation figures of a model answerer (events, answers, headroom...)."""
+        return None
+
     def busy(self) -> bool:
         """Still producing notes of an answer."""
         return False

@@ -5,7 +5,7 @@ the parts' programs, their scheduling with the live constraints (:mod:`constrain
 planned against sent times, and panic. It offers the listener interface of
 :class:`~musebot.realtime.modes.call.Duet` (``handle``, ``tick``, ``panic``, ``set_mode``), so the daemon runs it
 in its listener thread, and the answerer's (``name``, ``set_tempo``, ``set_temperature``, ``close``), so
-the network API can talk to it. :func:`make_band` builds the one a serve session asks for.
+the network API can talk to it. :func:`musebot.realtime.modes.make_session` builds the one a serve session asks for.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import NOTE_NAMES, KeyLock, KeyTracker, LiveSettings, PartConfig
 from musebot.realtime.io.outputs import Output
+from musebot.realtime.modes.base import Session, SessionError
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.timebase import ClockFollower, ClockSender, Meter, Metronome, Timebase
 
 log = logging.getLogger(__name__)
 
 BAND_MODES = ("accompany", "looper")
-STEPS = 16  # grid steps per beat (spec skytnt-format §2.4)
 PART_TAG = "part:"
 MUSICIAN_TRACK = 1
 QUIET_BEFORE_S, QUIET_AFTER_S, QUIET_MAX_WAIT_S = 0.002, 0.0005, 0.015  # see Band.wait_for_quiet
@@ -113,7 +113,7 @@ class Telemetry:
         return float(np.mean(errors <= tolerance_s)) if len(errors) else 1.0
 
 
-class Band:
+class Band(Session):
     """What accompaniment and looper share (module docstring); subclasses add the musical logic."""
 
     mode = "band"
@@ -124,10 +124,8 @@ class Band:
         if sys.getswitchinterval() > SWITCH_INTERVAL_S:
             # The scheduler thread must get the GIL within a fraction of a ms of its deadline, not 5 ms.
             sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self.config = config
+        super().__init__(config, scheduler, outputs)
         self.band = band
-        self.scheduler = scheduler
-        self.outputs = list(outputs)
         self.settings = settings
         self.timebase = Timebase(config.bpm, Meter.parse(band.meter))
         self.follower = ClockFollower(self.timebase) if band.clock == "external" else None
@@ -138,9 +136,8 @@ class Band:
         self.telemetry = Telemetry()
         self.key_lock = KeyLock.parse(band.key)
         self.key_tracker = KeyTracker()
-        self.counts = {"received": 0, "invalid": 0, "panics": 0, "notes": 0, "controls": 0}
+        self.counts.update(notes=0, controls=0)
         self.clock_input = None
-        self.recorder = None  # the daemon's SessionRecorder, when recording
         self.realtime_priority = False  # whether started() got SCHED_FIFO for the scheduler thread
         self._reniced: list[tuple[int, int]] = []  # (thread id, nice before started())
         self._dues: list[float] = []  # heap of the part notes' planned times, for wait_for_quiet
@@ -221,22 +218,8 @@ class Band:
         names = [name] if name else list(self.settings.parts)
         return sum(self.scheduler.cancel(PART_TAG + n, release=True) for n in names)
 
-    # ---- the listener interface ---------------------------------------------------------------------
-    def handle(self, t: float, data: object) -> None:
-        """One message from the musician's input at ``t``."""
-        msg = midi.channel_message(data)
-        if msg is None:
-            self.counts["invalid"] += 1
-            return
-        self.counts["received"] += 1
-        if midi.kind_of(msg) == midi.CONTROL_CHANGE and self.control(t, msg[1], msg[2]):
-            self.counts["controls"] += 1
-            return
-        if self.config.thru:
-            for output in self.outputs:
-                output.send(msg)
-        if self.recorder is not None:
-            self.recorder.add(t, "musician", msg)
+    # ---- the listener interface (after the Session's front: validated, controllers, thru, recorded) ---
+    def hear(self, t: float, msg: midi.Message) -> None:
         auto_key = self.key_lock.mode == "auto" and midi.channel_of(msg) != DRUM_CHANNEL
         if midi.is_note_on(msg) and auto_key:
             tonic = self.key_tracker.tonic
@@ -245,7 +228,7 @@ class Band:
                     log.info("key: %s major (or its relative minor) at beat %.2f",
                              NOTE_NAMES[self.key_tracker.tonic], self.timebase.beat_at(t))
                 self.key_changed(t)
-        self.hear(t, msg)
+        self.play(t, msg)
 
     def control(self, t: float, controller: int, value: int) -> bool:
         controls = self.config.controls
@@ -276,20 +259,20 @@ class Band:
             return self.key_tracker.pitch_classes()
         return self.key_lock.pitch_classes()
 
-    def hear(self, t: float, msg: midi.Message) -> None:
-        """A musical message of the musician (subclasses)."""
+    def play(self, t: float, msg: midi.Message) -> None:
+        """A musical message of the musician, after key tracking (subclasses)."""
 
     def key_changed(self, t: float) -> None:
         """The musician's key moved (subclasses)."""
 
     def set_mode(self, t: float, mode: str) -> None:
-        raise ValueError("accompany and looper sessions do not switch mode live; restart with --mode")
+        raise SessionError("accompany and looper sessions do not switch mode live; restart with --mode")
 
-    # The daemon also holds the band as its answerer (the network API reads ``name``, sets tempo and
-    # temperature through it, and closes it at shutdown).
-    @property
-    def name(self) -> str:
-        return self.mode
+    def part_settings(self) -> LiveSettings:
+        return self.settings
+
+    def band_status(self) -> dict:
+        return self.settings_dict()
 
     @property
     def state(self) -> str:
@@ -329,13 +312,6 @@ class Band:
                           "retracted": self.telemetry.retracted},
         }
 
-    def panic(self, t: float, reason: str, all_channels: bool = False) -> None:
-        self.counts["panics"] += 1
-        self.scheduler.clear()
-        for output in self.outputs:
-            output.panic(all_channels=all_channels)
-        log.warning("panic (%s): every note released on %d output(s)", reason, len(self.outputs))
-
     def started(self) -> None:
         """The daemon has started the scheduler: ask the OS to run its thread before ordinary work
         (SCHED_FIFO, as JACK runs its own), so a busy machine does not make a part note late. Without the
@@ -370,29 +346,3 @@ class Band:
             except OSError:
                 pass
         self._reniced = []
-
-
-def make_band(config: ServeConfig, band: BandConfig, scheduler: Scheduler, outputs: Sequence[Output],
-              model: str | None, api: int | None = None) -> Band:
-    """The accompaniment or the looper of a serve session (``--mode accompany|looper``)."""
-    from musebot.realtime.errors import RealtimeError
-
-    band.validate()
-    settings = LiveSettings.for_parts(band.parts, band.parts_config)
-    engine = None
-    if model:
-        from musebot.engine.engine import Engine, ModelLoadError
-
-        try:
-            engine = Engine.load(model, provider="auto", threads=1)
-        except ModelLoadError as exc:
-            raise RealtimeError(str(exc)) from exc
-    if band.mode == "accompany":
-        if engine is None:
-            raise RealtimeError("--mode accompany needs --model DIR (the parts come from the model)")
-        from musebot.realtime.modes.accompany import Accompanist
-
-        return Accompanist(engine, config, band, scheduler, outputs, settings, api)
-    from musebot.realtime.modes.looper import Looper
-
-    return Looper(config, band, scheduler, outputs, settings, engine, api)

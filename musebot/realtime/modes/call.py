@@ -14,10 +14,11 @@ import logging
 from collections.abc import Sequence
 
 from musebot.realtime import midi
-from musebot.realtime.modes.answers import Answerer, AnswerSlot
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.io.outputs import Output
 from musebot.realtime.io.recorder import SessionRecorder
+from musebot.realtime.modes.answers import Answerer, AnswerSlot
+from musebot.realtime.modes.base import Session, SessionError
 from musebot.realtime.scheduler import Scheduler
 from musebot.realtime.tracker import NoteTracker
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 MODES = ("call", "listen")  # listen: thru and recording only, no answers
 
 
-class Duet:
+class Duet(Session):
     """The interaction logic above the ports (no threads of its own; fully testable with MemoryOutput)."""
 
     def __init__(
@@ -41,12 +42,9 @@ class Duet:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.config = config
-        self.scheduler = scheduler
-        self.outputs = list(outputs)
+        super().__init__(config, scheduler, outputs, recorder)
         self.slot = slot
         self.answerer = answerer
-        self.recorder = recorder
         self.mode = mode
         self.tracker = NoteTracker()
         self.state = "idle"  # idle -> listening -> waiting (phrase over, answer due) -> answering -> idle
@@ -55,21 +53,8 @@ class Duet:
         self.answer_id = 0
         self.counts = {"received": 0, "invalid": 0, "answers": 0, "barge_ins": 0, "panics": 0, "phrases": 0}
 
-    # ---- input ---------------------------------------------------------------------------------------
-    def handle(self, t: float, data: object) -> None:
-        """One message from the input, received at ``t``; invalid data is dropped and counted."""
-        msg = midi.channel_message(data)
-        if msg is None:
-            self.counts["invalid"] += 1
-            return
-        self.counts["received"] += 1
-        if midi.kind_of(msg) == midi.CONTROL_CHANGE and self._control(t, msg[1], msg[2]):
-            return
-        if self.config.thru:
-            for output in self.outputs:
-                output.send(msg)
-        if self.recorder is not None:
-            self.recorder.add(t, "musician", msg)
+    # ---- input (after the Session's front: validated, controllers, thru, recorded) -------------------
+    def hear(self, t: float, msg: midi.Message) -> None:
         if midi.is_note_on(msg):
             self._note_on(t)
         self.tracker.handle(t, msg)
@@ -108,7 +93,7 @@ class Duet:
         self.state = "waiting"
         self.answerer.start_answer(self.answer_id, due, beats * self.config.seconds_per_beat)
 
-    def _control(self, t: float, controller: int, value: int) -> bool:
+    def control(self, t: float, controller: int, value: int) -> bool:
         """Handle a musebot controller; True when the message was one (it is then not played thru)."""
         controls = self.config.controls
         if controller == controls.temperature:
@@ -148,18 +133,40 @@ class Duet:
     def set_mode(self, t: float, mode: str) -> None:
         """Switch interaction mode; a mode change panics first (no note survives it)."""
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise SessionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.panic(t, f"mode change to {mode}")
         self.mode = mode
 
     def panic(self, t: float, reason: str, all_channels: bool = False) -> None:
         """Stop the answer, drop everything scheduled, and silence every output (see ``ledger.py``)."""
-        self.counts["panics"] += 1
         self.slot.cancel()
         if self.state in ("waiting", "answering"):
             self.answerer.stop_answer(self.answer_id, t)
-        self.scheduler.clear()
-        for output in self.outputs:
-            output.panic(all_channels=all_channels)
+        super().panic(t, reason, all_channels)
         self.state = "idle"
-        log.warning("panic (%s): every note released on %d output(s)", reason, len(self.outputs))
+
+    # ---- the Session's interface to the network API -------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.answerer.name
+
+    def set_tempo(self, bpm: float) -> None:
+        self.answerer.set_tempo(bpm)
+
+    def set_temperature(self, temperature: float) -> None:
+        super().set_temperature(temperature)
+        self.answerer.set_temperature(temperature)
+
+    def constraints(self):
+        return self.answerer.constraints()
+
+    def set_constraints(self, **kwargs: object) -> None:
+        if self.answerer.constraints() is None:
+            super().set_constraints(**kwargs)
+        self.answerer.set_constraints(**kwargs)
+
+    def generation(self) -> dict | None:
+        return self.answerer.generation()
+
+    def close(self) -> None:
+        self.answerer.close()

@@ -20,8 +20,8 @@ are placed in the model's timeline right after what musebot played. Sampling is 
 from __future__ import annotations
 
 import logging
+import math
 import queue
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING
 import mido
 import numpy as np
 
-from musebot.realtime.modes.answers import Answerer, AnswerSlot
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.constraints import KeyTracker, shift_to_c
+from musebot.realtime.constraints import KeyFollower
+from musebot.realtime.modes.answers import Answerer, AnswerSlot
+from musebot.realtime.modes.base import ModelThread, load_engine
+from musebot.tokenizers.vocab import STEPS_PER_BEAT
 
 if TYPE_CHECKING:
     from musebot.engine.engine import Engine
@@ -56,22 +58,6 @@ class _Answer:
     first_step: int | None = None
     done: bool = False
     onsets: list[float] = field(default_factory=list)  # real onset of each scheduled row (rows-ahead order)
-
-
-class KeyFollower:
-    """The musician's key, for a model trained in C major / A minor (``"key_normalised"`` in its
-    config.json): the band's :class:`KeyTracker`, slower (a key holds for bars, not beats), and the
-    transposition from it to C major (-6..+5 semitones, so the register moves least)."""
-
-    def __init__(self) -> None:
-        self.tracker = KeyTracker(half_life_beats=8.0, margin=1.0)
-
-    def hear(self, beat: float, pitch: int) -> None:
-        self.tracker.hear(beat, pitch)
-
-    @property
-    def shift(self) -> int:
-        return shift_to_c(self.tracker.tonic)
 
 
 @dataclass
@@ -124,7 +110,7 @@ class ModelAnswerer(Answerer):
         self.shift = 0  # semitones from the musician's pitches to the model's (key-normalised models)
         self._model_masks = self.masks
         self.stats = WorkerStats()
-        self._steps_per_s = 16 * config.bpm / 60.0
+        self._steps_per_s = STEPS_PER_BEAT * config.bpm / 60.0
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._answer: _Answer | None = None
         self._busy = False
@@ -135,28 +121,21 @@ class ModelAnswerer(Answerer):
         engine.reset()
         engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
         self._committed = engine.n_events
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="musebot-engine", daemon=True)
-        self._thread.start()
+        # A model error drops the speculation and any answer in progress; the worker goes on.
+        self._model = ModelThread("musebot-engine", self._step, lambda: self._commands.put(("quit",)),
+                                  on_error=self._recover)
+        self._model.start()  # after the assignment: the first step reads self._model
+
+    @classmethod
+    def load(cls, model_dir: str | Path, slot: AnswerSlot, config: ServeConfig) -> ModelAnswerer:
+        """Open an exported model folder and answer with it."""
+        return cls(load_engine(str(model_dir)), slot, config)
 
     def _new_converter(self, start_time: float) -> LiveConverter:
         return self._converter_class(
             self.tokenizer, bpm=self.config.bpm, start_time=start_time,
             channel_tracks={self.config.answer_channel: ANSWER_TRACK},
         )
-
-    @classmethod
-    def load(cls, model_dir: str | Path, slot: AnswerSlot, config: ServeConfig) -> ModelAnswerer:
-        """Open an exported model folder (``musebot export``) on CUDA when onnxruntime has it, else CPU."""
-        from musebot.engine.engine import Engine, ModelLoadError
-        from musebot.realtime.errors import RealtimeError
-
-        try:
-            engine = Engine.load(model_dir, provider="auto", threads=1)
-        except ModelLoadError as exc:
-            raise RealtimeError(str(exc)) from exc
-        log.info("model %s loaded (%s); answers come from it", model_dir, engine.provider)
-        return cls(engine, slot, config)
 
     # ---- the Answerer interface (listener thread: only enqueue) --------------------------------------
     def hear(self, t: float, msg: tuple[int, ...]) -> None:
@@ -185,23 +164,25 @@ class ModelAnswerer(Answerer):
 
         self._commands.put(("masks", MaskTable(self.engine.vocab, replace(self.masks.constraints, **changes))))
 
+    def constraints(self):
+        return self.masks.constraints
+
+    def generation(self) -> dict:
+        stats = self.stats
+        headroom = stats.headroom
+        return {"events": stats.events, "answers": stats.answers, "late_rows": stats.late_rows,
+                "rollbacks": stats.rollbacks, "headroom": round(headroom, 3) if math.isfinite(headroom) else None}
+
     def busy(self) -> bool:
         return self._busy
 
     def close(self) -> None:
-        self._running = False
-        self._commands.put(("quit",))
-        self._thread.join(2.0)
+        self._model.stop()
 
     # ---- the worker thread ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        while self._running:
-            try:
-                self._step()
-            except Exception:  # the musician must not lose the daemon to a model error
-                log.exception("engine worker: error; dropping the speculation and any answer in progress")
-                self._drop_answer()
-                self._rollback_ahead()
+    def _recover(self) -> None:
+        self._drop_answer()
+        self._rollback_ahead()
 
     def _step(self) -> None:
         # Commands first: a new note must reach the cache before more is guessed from a stale one.
@@ -263,7 +244,7 @@ class ModelAnswerer(Answerer):
         elif kind == "tempo":
             _, bpm, t = command
             self.converter.set_tempo(bpm, t)
-            self._steps_per_s = 16 * bpm / 60.0
+            self._steps_per_s = STEPS_PER_BEAT * bpm / 60.0
             if self._answer is None:
                 self._rollback_ahead()  # guessed at the old tempo (an answer under way keeps its rows)
         elif kind == "masks":
@@ -272,7 +253,7 @@ class ModelAnswerer(Answerer):
             if self._answer is None:
                 self._rollback_ahead()  # guessed under the old constraints
         elif kind == "quit":
-            self._running = False
+            self._model.running = False
 
     # ---- context -------------------------------------------------------------------------------------
     def _append_played(self, rows: Sequence[Sequence[int]]) -> None:
@@ -333,9 +314,9 @@ class ModelAnswerer(Answerer):
             log.warning("engine worker: unusable row %s dropped", row)
             self.engine.rollback(self.engine.n_events - 1)
             return False
-        previous_beat = self._ahead_steps[-1] // 16 if self._ahead_steps else self.converter.encoder.beat
+        previous_beat = self._ahead_steps[-1] // STEPS_PER_BEAT if self._ahead_steps else self.converter.encoder.beat
         beat = previous_beat + event[1]
-        step = beat * 16 + event[2]
+        step = beat * STEPS_PER_BEAT + event[2]
         if self._ahead_steps:
             # time2 is absolute in the beat (spec 2.4), so time1 = 0 with a smaller time2 would go back in
             # time; a sampled row may do that, the played answer never does.
@@ -401,10 +382,5 @@ class ModelAnswerer(Answerer):
             self._busy = False
 
     def _reanchor(self, time_s: float, step: int) -> None:
-        """Make ``time_s`` map to grid ``step`` in the converter, keeping its tempo.
-
-        The live converter has no public way to move its origin; its ``set_tempo`` records ``(seconds,
-        ticks, bpm)`` of the last change, which is exactly the anchor (kept in step with that method).
-        """
-        converter = self.converter
-        converter._tempo_origin = (time_s, step * converter.tpb / 16, converter.bpm)
+        """Make ``time_s`` map to grid ``step`` in the converter, keeping its tempo."""
+        self.converter.reanchor(time_s, step / STEPS_PER_BEAT)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,13 +32,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from musebot.realtime import midi
-from musebot.realtime.modes.band import MUSICIAN_TRACK, STEPS, Band, BandConfig
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import LiveSettings, PartConfig, PartMasks, shift_to_c
 from musebot.realtime.io.outputs import Output
+from musebot.realtime.modes.band import MUSICIAN_TRACK, Band, BandConfig
+from musebot.realtime.modes.base import ModelThread
 from musebot.realtime.roles import ROLES, BarNote, RoleClassifier, split_roles
 from musebot.realtime.scheduler import Scheduler
+from musebot.tokenizers.vocab import STEPS_PER_BEAT
 
 if TYPE_CHECKING:
     from musebot.engine.engine import Engine
@@ -113,7 +114,7 @@ class Looper(Band):
         self.counts.update({"bars": 0, "replayed": 0, "generated": 0, "multi_role_bars": 0})
 
     # ---- input ---------------------------------------------------------------------------------------
-    def hear(self, t: float, msg: midi.Message) -> None:
+    def play(self, t: float, msg: midi.Message) -> None:
         beat = self.timebase.beat_at(t)
         if midi.is_note_on(msg):
             self._release(msg[1], beat)
@@ -124,7 +125,7 @@ class Looper(Band):
     def _release(self, pitch: int, beat: float) -> None:
         if pitch in self._held:
             onset, velocity = self._held.pop(pitch)
-            self._notes.append((onset, max(beat, onset + 1 / STEPS), pitch, velocity))
+            self._notes.append((onset, max(beat, onset + 1 / STEPS_PER_BEAT), pitch, velocity))
 
     def control(self, t: float, controller: int, value: int) -> bool:
         for key, number in self.settings.controls.items():
@@ -287,8 +288,8 @@ class BarGenerator:
         self._step_s = 0.005  # running mean of a model step
         # The parts' generated notes: (onset beat, track, channel, pitch, velocity, length in beats).
         self.played: deque[tuple[float, int, int, int, int, float]] = deque(maxlen=512)
-        self._thread = threading.Thread(target=self._run, name="musebot-looper-model", daemon=True)
-        self._thread.start()
+        self._model = ModelThread("musebot-looper-model", self._step, lambda: self._inbox.put(("quit",)))
+        self._model.start()
 
     def request(self, bar: int, parts: list[PartConfig]) -> None:
         self._inbox.put(("bar", self._generation, bar, parts))
@@ -297,21 +298,20 @@ class BarGenerator:
         self._generation += 1
 
     def close(self) -> None:
-        self._inbox.put(("quit",))
-        self._thread.join(2.0)
+        self._model.stop()
 
-    def _run(self) -> None:
-        while True:
-            command = self._inbox.get()
-            if command[0] == "quit":
-                return
-            _, generation, bar, parts = command
-            if generation != self._generation:
-                continue
-            try:
-                self._bar(bar, parts, generation)
-            except Exception:  # a model error must not stop the looper: this bar stays empty
-                log.exception("looper: generating bar %d failed", bar + 1)
+    def _step(self) -> None:
+        command = self._inbox.get()
+        if command[0] == "quit":
+            self._model.running = False
+            return
+        _, generation, bar, parts = command
+        if generation != self._generation:
+            return
+        try:
+            self._bar(bar, parts, generation)
+        except Exception:  # a model error must not stop the looper: this bar stays empty
+            log.exception("looper: generating bar %d failed", bar + 1)
 
     def _context(self, start_beat: float) -> list[list[int]]:
         """Rows of the last CONTEXT_BARS bars before ``start_beat``: the musician's and the parts' notes."""
@@ -324,11 +324,11 @@ class BarGenerator:
         # With nothing to hear, the first generated event is counted from the bar's own start.
         rows, beat = [], int(since) if notes else int(start_beat)
         for on, track, channel, pitch, velocity, duration in notes:
-            step = round(on * STEPS)
-            b, t2 = divmod(step, STEPS)
+            step = round(on * STEPS_PER_BEAT)
+            b, t2 = divmod(step, STEPS_PER_BEAT)
             b = max(b, beat)
             row = self.tokenizer.event_to_row(["note", min(b - beat, 127), t2, track, channel, pitch,
-                                               velocity, max(1, min(round(duration * STEPS), 2047))])
+                                               velocity, max(1, min(round(duration * STEPS_PER_BEAT), 2047))])
             if row is not None:
                 rows.append(row)
                 beat = b
@@ -352,11 +352,11 @@ class BarGenerator:
         masks = PartMasks(engine.vocab, tracks,
                           {p.channel: (max(0, p.low + shift), min(127, p.high + shift)) for p in parts},
                           classes and frozenset((c + shift) % 12 for c in classes),
-                          max_time_gap=2 * STEPS, max_duration=4 * STEPS)
+                          max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT)
         part_of = {p.channel: p for p in parts}
         rng = np.random.default_rng([looper.config.seed, bar])
         beat = self._last_beat
-        step = beat * STEPS
+        step = beat * STEPS_PER_BEAT
         for _ in range(64 * len(parts)):  # at most 64 events a part in a bar
             if generation != self._generation:
                 return
@@ -371,16 +371,16 @@ class BarGenerator:
             _, time1, time2, _track, channel, pitch, velocity, duration = event
             pitch -= shift
             beat += time1
-            step = max(beat * STEPS + time2, step)
-            onset = step / STEPS
+            step = max(beat * STEPS_PER_BEAT + time2, step)
+            onset = step / STEPS_PER_BEAT
             if onset >= end:
                 break
             if onset < start:
                 continue  # the model is still catching up to the bar: not played
-            due, off = tb.time_at(onset), tb.time_at(min(onset + duration / STEPS, end))
+            due, off = tb.time_at(onset), tb.time_at(min(onset + duration / STEPS_PER_BEAT, end))
             part = part_of[channel]
             if due is None or off is None:
                 return
             if looper.play_note(part, due, off, pitch, velocity):
-                self.played.append((onset, self.track_of[part.name], channel, pitch, velocity, duration / STEPS))
+                self.played.append((onset, self.track_of[part.name], channel, pitch, velocity, duration / STEPS_PER_BEAT))
         looper.counts["generated"] += 1
