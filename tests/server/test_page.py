@@ -17,7 +17,7 @@ from tests._realtime_fixtures import exported_reference_model
 from tests._server_fixtures import api_url, http, serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("MUSEBOT_TEST_ARTIFACTS", Path(__file__).parent.parent / "artifacts"))
+ARTIFACTS = Path(os.environ.get("MUSEBOT_TEST_ARTIFACTS", Path(__file__).parents[2] / "artifacts"))
 # No network but loopback, no sandbox (CI containers run as root), no GPU.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
