@@ -136,7 +136,7 @@ def run_accompany_bench(args: argparse.Namespace) -> dict:
 def _measure(args: argparse.Namespace, model, server: str) -> dict:
     """A daemon in accompany mode against the musician process, on the JACK server ``server``."""
     from musebot.realtime.config import ServeConfig
-    from musebot.realtime.daemon import Daemon, ServeOptions
+    from musebot.realtime.daemon import Daemon, Observer, ServeOptions
     from musebot.realtime.modes.band import BandConfig
 
     daemon = None
@@ -146,9 +146,9 @@ def _measure(args: argparse.Namespace, model, server: str) -> dict:
         config = ServeConfig(bpm=args.bpm, seed=args.seed)
         daemon = Daemon(config, ServeOptions(mode="accompany", model=str(model), band=band))
         sends: list[tuple[float, float, tuple, str]] = []
-        daemon.send_observers.append(
-            lambda due, sent, output, msg, tag: sends.append((due, sent, msg, tag))
-            if tag and tag.startswith("part:") and output is daemon.outputs[0] else None)
+        daemon.observers.append(Observer(
+            on_sent=lambda due, sent, output, msg, tag: sends.append((due, sent, msg, tag))
+            if tag and tag.startswith("part:") and output is daemon.outputs[0] else None))
         daemon.start()
         accompanist = daemon.session
         tb = accompanist.timebase

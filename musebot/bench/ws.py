@@ -76,15 +76,15 @@ class _WsProbe:
 
 def bench_paths(rounds: int) -> dict:
     """``rounds`` takeovers over each path, alternating, in one daemon; figures per path."""
-    from musebot.realtime.daemon import ServeOptions
+    from musebot.realtime.daemon import Observer, ServeOptions
     from musebot.serve import Service
 
     config = ServeConfig(bpm=120, seed=1)
     daemon = Service(config, ServeOptions(answer="echo", port=0)).start()
     received: list[tuple[float, tuple]] = []  # what the listener got, with its timestamps
     sent: list[tuple[float, tuple]] = []  # what the scheduler sent to the MIDI output
-    daemon.input_observers.append(lambda t, data: received.append((t, tuple(data))))
-    daemon.send_observers.append(lambda _due, t, _output, msg, _tag: sent.append((t, msg)))
+    daemon.observers.append(Observer(on_input=lambda t, data: received.append((t, tuple(data))),
+                                     on_sent=lambda _due, t, _output, msg, _tag: sent.append((t, msg))))
     jack = Probe("musebot-out:out", play_to="musebot:in")
     ws = _WsProbe(f"ws://127.0.0.1:{daemon.server.port}/ws")
     takeover = config.controls.takeover

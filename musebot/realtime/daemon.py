@@ -33,7 +33,7 @@ from musebot.realtime.modes.answers import AnswerSlot
 from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.scheduler import Scheduler
 
-__all__ = ["SERVE_MODES", "Daemon", "ServeOptions"]
+__all__ = ["SERVE_MODES", "Daemon", "Observer", "ServeOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,30 @@ class ServeOptions:
     band: BandConfig | None = None  # --mode accompany / looper: parts, clock, key (default: BandConfig())
 
 
+class Observer:
+    """One who watches the daemon (the network API, a benchmark, a test): what the listener receives,
+    what the scheduler sends, and what it plans or withdraws. Called on the daemon's threads: be quick.
+    Subclass it, or give the callables you need: ``Observer(on_sent=lambda due, sent, output, msg, tag: ...)``."""
+
+    def __init__(self, on_input=None, on_sent=None, on_plan=None) -> None:
+        self._input, self._sent, self._plan = on_input, on_sent, on_plan
+
+    def on_input(self, t: float, data: object) -> None:
+        """A message from the input (MIDI or network), as the listener receives it at ``t``."""
+        if self._input is not None:
+            self._input(t, data)
+
+    def on_sent(self, due: float, sent: float, output: Output, msg: tuple, tag: str | None) -> None:
+        """A message the scheduler sent at ``sent`` (it was due at ``due``)."""
+        if self._sent is not None:
+            self._sent(due, sent, output, msg, tag)
+
+    def on_plan(self, action: str, items: list, tag: str | None) -> None:
+        """The scheduler's plan changed: ``action`` "add", "cancel" or "clear" of ``(due, output, msg)``."""
+        if self._plan is not None:
+            self._plan(action, items, tag)
+
+
 class Daemon:
     """All parts built from a ServeConfig and ServeOptions; ``run()`` serves until stopped."""
 
@@ -83,9 +107,9 @@ class Daemon:
         self._output_down: set[int] = set()
         self._threads: list[threading.Thread] = []
         self._idle_queue: queue.Queue = queue.Queue(maxsize=config.input_queue)
-        # Observers of what the listener receives and the scheduler sends (the network API); quick, any thread.
-        self.input_observers: list = []
-        self.send_observers: list = []
+        # Who watches input, sends and the plan (the network API, benchmarks): one list, quick, any thread.
+        self.observers: list[Observer] = []
+        self.scheduler.on_plan = self._on_plan
         # The session belongs to the listener thread; the API, the health monitor and shutdown take this lock.
         self._session_lock = threading.Lock()
         self.session: Session | None = None
@@ -201,8 +225,8 @@ class Daemon:
             except queue.Empty:
                 t = data = None
             if data is not None:
-                for observer in self.input_observers:
-                    observer(t, data)
+                for observer in self.observers:
+                    observer.on_input(t, data)
             with self._session_lock:
                 try:
                     if data is not None:
@@ -226,8 +250,12 @@ class Daemon:
         ours = tag == "answer" or (tag is not None and tag.startswith("part:"))
         if self.recorder is not None and ours and output is self.outputs[0]:
             self.recorder.add(sent, "musebot", msg)
-        for observer in self.send_observers:
-            observer(due, sent, output, msg, tag)
+        for observer in self.observers:
+            observer.on_sent(due, sent, output, msg, tag)
+
+    def _on_plan(self, action: str, items: list, tag: str | None) -> None:
+        for observer in self.observers:
+            observer.on_plan(action, items, tag)
 
     # ---- health ---------------------------------------------------------------------------------------
     def _watch(self) -> None:

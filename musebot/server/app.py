@@ -134,19 +134,12 @@ class ApiServer:
         if self._error is not None:
             raise ServerError(f"cannot serve the API on {self.host}:{self.port}: {self._error} "
                               "(choose another --port / --osc-port, or --host)") from self._error
-        d = self.daemon
-        d.input_observers.append(self._on_input)
-        d.send_observers.append(self._on_send)
-        d.scheduler.on_plan = self._on_plan
+        self.daemon.observers.append(self)  # an Observer of the daemon: on_input, on_sent, on_plan
         return self
 
     def stop(self) -> None:
-        d = self.daemon
-        for hooks, hook in ((d.input_observers, self._on_input), (d.send_observers, self._on_send)):
-            if hook in hooks:
-                hooks.remove(hook)
-        if d.scheduler.on_plan == self._on_plan:
-            d.scheduler.on_plan = None
+        if self in self.daemon.observers:
+            self.daemon.observers.remove(self)
         if self.loop is not None and self._stopped is not None and self.loop.is_running():
             self.loop.call_soon_threadsafe(self._stopped.set)
         if self._thread is not None:
@@ -416,16 +409,16 @@ class ApiServer:
             except RuntimeError:  # the loop closed between the check and the call
                 pass
 
-    def _on_input(self, t: float, data: object) -> None:
+    def on_input(self, t: float, data: object) -> None:
         msg = midi.channel_message(data)
         if msg is not None:
             self._post({"type": "input", "t": t, "data": list(msg)})
 
-    def _on_send(self, due: float, sent: float, output, msg: tuple, tag: str | None) -> None:
+    def on_sent(self, due: float, sent: float, output, msg: tuple, tag: str | None) -> None:
         if output is self._output:
             self._post({"type": "played", "t": sent, "due": due, "data": list(msg), "tag": tag})
 
-    def _on_plan(self, action: str, items: list, tag: str | None) -> None:
+    def on_plan(self, action: str, items: list, tag: str | None) -> None:
         out = self._output
         notes = [{"due": due, "data": list(msg)} for due, output, msg in items if output is out]
         if action == "clear" or notes:

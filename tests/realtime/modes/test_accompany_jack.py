@@ -22,7 +22,7 @@ import pytest
 
 from musebot.realtime.clock import now, sleep_until
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.daemon import Daemon, ServeOptions
+from musebot.realtime.daemon import Daemon, Observer, ServeOptions
 from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.timebase import PPQ
 from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
@@ -48,7 +48,8 @@ def serve(mode: str, model: str | None = None, bpm: float = 240, **band) -> Daem
     daemon = Daemon(ServeConfig(bpm=bpm, seed=4), ServeOptions(mode=mode, model=model,
                                                                band=BandConfig.for_mode(mode, **band)))
     daemon.sends = []
-    daemon.send_observers.append(lambda due, sent, output, msg, tag: daemon.sends.append((due, sent, msg, tag)))
+    daemon.observers.append(Observer(on_sent=lambda due, sent, output, msg, tag:
+                                     daemon.sends.append((due, sent, msg, tag))))
     return daemon.start()
 
 
