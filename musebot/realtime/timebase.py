@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 PPQ = 24  # MIDI clock ticks per quarter note
+LOST_TICK_PERIODS = 1.75  # a gap this many periods long while locked is a lost tick, not a tempo change
 TICKS_PER_SIXTEENTH = 6  # song position counts "MIDI beats" (sixteenths) of 6 clocks
 CLOCK_TAG, METRONOME_TAG = "clock", "metronome"
 MIN_PERIOD, MAX_PERIOD = 60.0 / (400 * PPQ), 60.0 / (20 * PPQ)  # tick periods of 400 and 20 bpm
@@ -176,8 +177,8 @@ class ClockFollower:
         self._last_tick = 0.0
         self._pending_start: float | None = None  # the beat the next tick marks, after start/continue
         self._owed = 0  # ticks counted across a gap that may still arrive late
-        self.counts = {"ticks": 0, "outliers": 0, "jumps": 0, "dropouts": 0, "starts": 0, "stops": 0,
-                       "invalid": 0}
+        self.counts = {"ticks": 0, "outliers": 0, "jumps": 0, "dropouts": 0, "lost": 0, "starts": 0,
+                       "stops": 0, "invalid": 0}
 
     @property
     def period(self) -> float:
@@ -247,6 +248,13 @@ class ClockFollower:
             self._times.clear()
             log.warning("external clock: ticks back after %.0f ms; %d tick(s) counted across the gap",
                         gap * 1e3, missed)
+        elif self.locked and len(self._times) >= 3 and gap > LOST_TICK_PERIODS * self._period:
+            # A tick lost on the way (MIDI transports drop one now and then): the sender's beat went on,
+            # so count it, or every later beat would come one tick early.
+            missed = round(gap / self._period) - 1
+            self.ticks += missed
+            self._owed = missed
+            self.counts["lost"] += missed
         index = self.ticks
         self.ticks += 1
         self._last_tick = t

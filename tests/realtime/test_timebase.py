@@ -41,6 +41,21 @@ def ticks(follower: ClockFollower, start: float, bpm: float, n: int, jitter_s: f
     return start + n * period
 
 
+def test_a_tick_lost_on_the_way_is_counted_so_the_beat_does_not_slip():
+    # A drum machine at 150 bpm; MIDI over JACK (or USB) drops a tick now and then.
+    tb = Timebase(120)
+    follower = ClockFollower(tb)
+    follower.handle(0.0, (START,))
+    period = 60.0 / (150 * PPQ)
+    times = [i * period for i in range(4 * PPQ) if i not in (30, 61, 62)]  # three ticks never arrive
+    for t in times:
+        follower.handle(t, (CLOCK,))
+    assert follower.ticks == 4 * PPQ  # the sender's count, not the 93 ticks heard
+    assert follower.counts["lost"] == 3
+    assert tb.beat_at(4 * PPQ * period) == pytest.approx(4.0, abs=0.02)
+    assert tb.bpm == pytest.approx(150, rel=0.01)
+
+
 def test_meter_parses_time_signatures_and_rejects_nonsense():
     assert Meter.parse("3/4").bar_beats == 3
     assert Meter.parse("6/8").bar_beats == 3
