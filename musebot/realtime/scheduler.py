@@ -126,6 +126,8 @@ class Scheduler:
             heapq.heapify(keep)
             self._heap = keep
             self.stats.cancelled += len(gone)
+            # A dropped note-on whose note-off is withdrawn here must not swallow a later note-off.
+            self._dropped = {key for key in self._dropped if key[3] != tag}
         if self.on_plan and gone:
             self.on_plan("cancel", [(item.due, item.output, item.msg) for item in gone], tag)
         if release:
@@ -144,6 +146,7 @@ class Scheduler:
         with self._cond:
             count = len(self._heap)
             self._heap.clear()
+            self._dropped.clear()  # no note-off of theirs is coming any more
             self.stats.cancelled += count
         if self.on_plan:
             self.on_plan("clear", [], None)
@@ -175,11 +178,13 @@ class Scheduler:
         key = (id(item.output), midi.channel_of(msg), msg[1] if len(msg) > 1 else -1, item.tag)
         if midi.is_note_on(msg) and lateness > self.drop_late_s:
             self.stats.dropped_late += 1
-            self._dropped.add(key)
+            with self._cond:
+                self._dropped.add(key)
             log.warning("scheduler: dropped %s, %.1f ms late, on %s", msg, lateness * 1e3, item.output.name)
             return
         if midi.is_note_off(msg) and key in self._dropped:
-            self._dropped.discard(key)
+            with self._cond:
+                self._dropped.discard(key)
             return
         item.output.send(msg)
         sent = now()

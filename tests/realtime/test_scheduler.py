@@ -92,3 +92,25 @@ def test_stop_joins_the_thread():
     sched = Scheduler().start()
     sched.stop(timeout=1.0)
     assert not sched._thread.is_alive()
+
+
+@pytest.mark.parametrize("withdraw", ["cancel", "clear"])
+def test_a_dropped_note_whose_note_off_is_withdrawn_does_not_swallow_the_next_note_off(scheduler, withdraw):
+    # An answer's note-on comes too late and is dropped; the musician barges in (cancel) or panics (clear)
+    # before its note-off is due. The next answer plays the same pitch: its note-off must be sent, or the
+    # listener hears a stuck note.
+    out = MemoryOutput()
+    t = now()
+    scheduler.schedule(t - 0.5, out, midi.note_on(0, 60, 100), tag="answer")  # dropped as too late
+    scheduler.schedule(t + 0.3, out, midi.note_off(0, 60), tag="answer")
+    end = now() + 1.0
+    while scheduler.stats.dropped_late == 0 and now() < end:
+        time.sleep(0.002)
+    assert scheduler.stats.dropped_late == 1
+    scheduler.cancel("answer") if withdraw == "cancel" else scheduler.clear()
+    t = now()
+    scheduler.schedule_many([(t + 0.02, out, midi.note_on(0, 60, 90)), (t + 0.05, out, midi.note_off(0, 60))],
+                            tag="answer")
+    wait_until_idle(scheduler)
+    assert out.messages() == [midi.note_on(0, 60, 90), midi.note_off(0, 60)]
+    assert not out.ledger.is_sounding(0, 60)
