@@ -84,6 +84,9 @@ def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...
     parser.add_argument("--top-k", type=int, default=defaults.top_k, help="top-k (default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="sampling seed, recorded with the session (default %(default)s)")
+    parser.add_argument("--held-key-timeout", type=float, default=defaults.held_key_timeout_s, metavar="SECONDS",
+                        help="forget a key or sustain pedal held this long, as if its release was lost, so "
+                             "musebot answers again (default %(default)s; 0: never)")
     for name in ("temperature", "answer_length", "panic", "takeover"):
         flag = "--cc-" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=getattr(controls, name), metavar="CC",
@@ -165,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         bpm=args.bpm, silence_beats=args.silence_beats, silence_ms=args.silence_ms,
         answer_beats=args.answer_beats, max_answer_beats=args.max_answer_beats,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-        answer_channel=args.answer_channel, thru=args.thru,
+        answer_channel=args.answer_channel, thru=args.thru, held_key_timeout_s=args.held_key_timeout,
         controls=ControlConfig(cc(args.cc_temperature), cc(args.cc_answer_length), cc(args.cc_panic),
                                cc(args.cc_takeover)),
     )

@@ -46,6 +46,7 @@ class ServeConfig:
     drop_late_ms: float = 100.0  # a note-on later than this is dropped with its note-off
     input_queue: int = 4096  # messages waiting for the listener; beyond this the input is dropped and counted
     speculate_events: int = 64  # events pre-generated while the musician plays
+    held_key_timeout_s: float = 30.0  # a key or pedal held longer is forgotten (a lost note-off); 0: never
     controls: ControlConfig = field(default_factory=ControlConfig)
 
     @property
@@ -70,6 +71,8 @@ class ServeConfig:
             raise ValueError(f"--temperature must be in 0.05..5, got {self.temperature}")
         if self.max_answer_beats <= 0:
             raise ValueError("--max-answer-beats must be positive")
+        if not 0 <= self.held_key_timeout_s <= 3600:  # NaN fails too
+            raise ValueError(f"--held-key-timeout must be 0 (off) or up to 3600 s, got {self.held_key_timeout_s}")
 
     def to_dict(self) -> dict:
         return asdict(self)

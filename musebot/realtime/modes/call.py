@@ -46,7 +46,7 @@ class Duet(Session):
         self.slot = slot
         self.answerer = answerer
         self.mode = mode
-        self.tracker = NoteTracker()
+        self.tracker = NoteTracker(held_timeout_s=config.held_key_timeout_s)
         self.state = "idle"  # idle -> listening -> waiting (phrase over, answer due) -> answering -> idle
         self.phrase_start = 0.0
         self.due = 0.0
@@ -123,6 +123,14 @@ class Duet(Session):
     # ---- time ----------------------------------------------------------------------------------------
     def tick(self, t: float) -> None:
         """Advance the state machine to time ``t`` (called by the listener between messages)."""
+        if self.tracker.expire(t):  # a note-off or pedal-up was lost: answer rather than listen forever
+            log.warning("a key or pedal held over %.0f s was forgotten (its release was lost)",
+                        self.tracker.held_timeout_s)
+            ready = self.tracker.release_ready()
+            if ready:
+                self.answerer.add_notes(ready)
+            if self.state == "listening" and not self.tracker.anything_held:
+                self._phrase_over(t, t + self.config.silence_s)
         if self.state == "waiting" and t >= self.due:
             self.state = "answering"
             self.counts["answers"] += 1
