@@ -233,8 +233,9 @@ class ClockFollower:
         if not self.transport:
             return  # a clock that runs while stopped only tells the tempo; the transport decides position
         gap = t - self._last_tick
-        if self._owed and gap < 0.25 * self._period:
-            # One of the ticks counted across the gap, arriving late in a burst: already counted.
+        if self._owed and gap < 0.5 * self._period:
+            # One of the ticks counted across the gap, arriving late (in a burst, or a delayed tick's
+            # follower closer than half a period): already counted.
             self._owed -= 1
             self._last_tick = t
             return

@@ -56,6 +56,18 @@ def test_a_tick_lost_on_the_way_is_counted_so_the_beat_does_not_slip():
     assert tb.bpm == pytest.approx(150, rel=0.01)
 
 
+def test_a_tick_that_arrives_late_is_not_taken_for_a_lost_one():
+    # A loaded machine delays one tick by most of a period; the next comes on time: nothing was lost.
+    tb = Timebase(120)
+    follower = ClockFollower(tb)
+    follower.handle(0.0, (START,))
+    period = 60.0 / (150 * PPQ)
+    for i in range(4 * PPQ):
+        follower.handle(i * period + (0.85 * period if i == 40 else 0.0), (CLOCK,))
+    assert follower.ticks == 4 * PPQ
+    assert follower.counts["lost"] <= 1  # counted as lost at first, then the next tick is known as owed
+
+
 def test_meter_parses_time_signatures_and_rejects_nonsense():
     assert Meter.parse("3/4").bar_beats == 3
     assert Meter.parse("6/8").bar_beats == 3
