@@ -129,6 +129,14 @@ def add_band_arguments(parser: argparse.ArgumentParser) -> None:
                        "your density and energy (default %(default)s)")
     group.add_argument("--loop-bars", type=int, default=band.loop_bars,
                        help="looper: bars remembered per role (default %(default)s)")
+    group.add_argument("--chords", metavar="CHART",
+                       help="a chord chart the parts follow, looping from bar 1: bars split by |, e.g. "
+                       "'Cm7 | F7 | Bbmaj7 | Ebmaj7 | Am7b5 D7b9 | Gm6 | %%'")
+    group.add_argument("--chords-file", metavar="FILE",
+                       help="the chart from a file: text as --chords, or a MusicXML/ABC lead sheet (music21)")
+    group.add_argument("--harmony", choices=("chart", "follow", "key"),
+                       help="what the parts follow: the chart (default with one), follow (the chords you "
+                       "play, heard per beat), or key (the key only; default without a chart)")
 
 
 def band_from_args(args: argparse.Namespace):
@@ -143,6 +151,7 @@ def band_from_args(args: argparse.Namespace):
         clock=args.clock, clock_in=args.clock_in, clock_out=args.clock_out, metronome=args.metronome,
         count_in=args.count_in, commit_beats=args.commit_beats, plan_beats=args.plan_beats,
         looper_source=args.looper_source, interplay=args.interplay, loop_bars=args.loop_bars,
+        chords=args.chords, chords_file=args.chords_file, harmony=args.harmony,
     )
     band.validate()
     return band

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
 from musebot.engine.masks import DRUM_CHANNEL, Constraints, MaskTable
-from musebot.tokenizers.vocab import Vocabulary
+from musebot.tokenizers.vocab import STEPS_PER_BEAT, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +314,18 @@ class KeyFollower:
 
 class PartMasks(MaskTable):
     """A :class:`MaskTable` whose pitch choice depends on the channel chosen: each part's register and the key
-    lock; each track is bound to one channel. ``tracks`` maps track -> channel (the musician's too)."""
+    lock; each track is bound to one channel. ``tracks`` maps track -> channel (the musician's too).
+
+    With ``classes_at`` (a chord chart or the tracked chord, :mod:`harmony_live`), the pitch classes also
+    depend on the event's beat: ``classes_at(channel, beat)`` gives them (None: the key's) for a note starting
+    at ``beat``, read from the event's time tokens counted from :attr:`origin_step` (the grid step of the
+    previous event, which the caller sets before each step). So every event of a plan is masked by the chord
+    in force at its own onset, however far ahead it lies."""
 
     def __init__(self, vocab: Vocabulary, tracks: dict[int, int], registers: dict[int, tuple[int, int]],
                  pitch_classes: frozenset[int] | None, max_time_gap: int | None = None,
-                 max_duration: int | None = None) -> None:
+                 max_duration: int | None = None,
+                 classes_at: Callable[[int, float], frozenset[int] | None] | None = None) -> None:
         super().__init__(vocab, Constraints(
             event_types=frozenset({"note"}), allow_eos=False, channels=frozenset(tracks.values()),
             tracks=frozenset(tracks), max_time_gap=max_time_gap, max_duration=max_duration,
@@ -341,10 +348,42 @@ class PartMasks(MaskTable):
             self._pitch_ids[channel] = (pitch_offset + values).astype(np.int64)
         self._track_offset = vocab.parameter_offsets["track"]
         self._channel_offset = channel_offset
+        self.classes_at = classes_at
+        self.origin_step = 0  # grid step of the event before the one being sampled (classes_at only)
+        self._registers = {c: registers.get(c, (0, 127)) for c in set(tracks.values())}
+        self._time_pos = kinds.index("time1") + 1
+        self._time_offsets = (vocab.parameter_offsets["time1"], vocab.parameter_offsets["time2"])
+        self._chord_ids: dict[tuple[int, frozenset[int]], np.ndarray] = {}
+
+    def event_step(self, row: np.ndarray) -> int:
+        """The grid step of the note whose time tokens are in ``row``, as the band's planners count it: whole
+        beats after the previous event's beat, then the position in the beat, never before the previous."""
+        time1 = int(row[self._time_pos]) - self._time_offsets[0]
+        time2 = int(row[self._time_pos + 1]) - self._time_offsets[1]
+        beat = self.origin_step // STEPS_PER_BEAT + time1
+        return max(beat * STEPS_PER_BEAT + time2, self.origin_step)
 
     def allowed(self, position: int, row: np.ndarray, prev_time2: int = 0) -> np.ndarray:
         if position == self._channel_pos and self.vocab.id_events.get(int(row[0])) == "note":
             return self._channel_ids[int(row[self._track_pos]) - self._track_offset]
         if position == self._channel_pos + 1 and self.vocab.id_events.get(int(row[0])) == "note":
-            return self._pitch_ids[int(row[self._channel_pos]) - self._channel_offset]
+            channel = int(row[self._channel_pos]) - self._channel_offset
+            if self.classes_at is not None and channel != DRUM_CHANNEL:
+                classes = self.classes_at(channel, self.event_step(row) / STEPS_PER_BEAT)
+                if classes is not None:
+                    return self._chord_pitch_ids(channel, classes)
+            return self._pitch_ids[channel]
         return super().allowed(position, row, prev_time2)
+
+    def _chord_pitch_ids(self, channel: int, classes: frozenset[int]) -> np.ndarray:
+        key = (channel, classes)
+        if key not in self._chord_ids:
+            low, high = self._registers[channel]
+            values = np.arange(low, high + 1)
+            values = values[np.isin(values % 12, list(classes))]
+            # A register too narrow for the chord's few classes (a bass of a fifth) keeps the key's pitches.
+            ids = (self.vocab.parameter_offsets["pitch"] + values).astype(np.int64)
+            if len(self._chord_ids) > 1024:
+                self._chord_ids.clear()
+            self._chord_ids[key] = ids if len(values) else self._pitch_ids[channel]
+        return self._chord_ids[key]

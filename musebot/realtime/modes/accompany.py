@@ -33,6 +33,7 @@ from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import KeyFollower, LiveSettings, PartMasks, PartsConfigError
+from musebot.realtime.inbox import Inbox
 from musebot.realtime.io.outputs import Output
 from musebot.realtime.modes.band import MUSICIAN_TRACK, PART_TAG, Band, BandConfig
 from musebot.realtime.modes.base import ModelThread
@@ -79,7 +80,8 @@ class Accompanist(Band):
         for i, part in enumerate(self.parts):
             self.tracks[MUSICIAN_TRACK + 1 + i] = part.channel
         self.part_of_channel = {p.channel: p for p in self.parts}
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        # Bounded: in a flood the oldest waiting notes are dropped (newest win), never the commands.
+        self._inbox = Inbox()
         self._held: dict[int, _Item] = {}  # the musician's sounding notes by pitch (planner thread)
         self.committed: list[_Item] = []  # the musician's finished notes and the fixed part notes
         self._rows: list[list[int]] = []  # rows in the engine after BOS (context, then plan)
@@ -111,11 +113,18 @@ class Accompanist(Band):
         # The onset goes to the planner at once (it decides whether the plan still holds); the length
         # follows at the release. Both in beats, read from the timebase at the moment they were played.
         if midi.is_note_on(msg):
-            self._inbox.put(("on", self.timebase.beat_at(t), msg[1], msg[2]))
+            self._inbox.put(("on", self.timebase.beat_at(t), msg[1], msg[2]), sheddable=True)
         elif midi.is_note_off(msg):
-            self._inbox.put(("off", self.timebase.beat_at(t), msg[1]))
+            self._inbox.put(("off", self.timebase.beat_at(t), msg[1]), sheddable=True)
 
     def key_changed(self, t: float) -> None:
+        self._inbox.put(("key", t))
+
+    def overflows(self) -> dict:
+        return {"backlog_dropped": self._inbox.dropped}
+
+    def harmony_changed(self, t: float) -> None:
+        # Re-planned like a key change: fixed notes not yet sent that leave the new chords are withdrawn.
         self._inbox.put(("key", t))
 
     def panic(self, t: float, reason: str, all_channels: bool = False) -> None:
@@ -183,11 +192,7 @@ class Accompanist(Band):
                     self._schedule_off(item)
 
     def _wait(self, seconds: float) -> None:
-        try:
-            command = self._inbox.get(timeout=seconds)
-        except queue.Empty:
-            return
-        self._inbox.put(command)  # handled in order by the next _drain
+        self._inbox.wait(seconds)  # what came is handled in order by the next _drain
 
     def _drain(self) -> None:
         while True:
@@ -263,21 +268,32 @@ class Accompanist(Band):
         self._plan = []
         self._plan_rows = 0  # the engine rows past the context are re-synced before the next event
 
+    def _fits(self, item: _Item, classes: frozenset[int] | None) -> bool:
+        """Whether a part note fits the key's ``classes``, or with chords the chord in force at its onset."""
+        if item.channel == DRUM_CHANNEL:
+            return True
+        if self.harmony.active:
+            role = self.settings.parts[item.part].role
+            classes = self.harmony.classes(role, item.step / STEPS_PER_BEAT, self.key_scale())
+        return classes is None or item.pitch % 12 in classes
+
     def _retract_out_of_key(self) -> int:
-        """Fixed part notes not yet sent that fall outside the new key leave the schedule and the context."""
+        """Fixed part notes not yet sent that fall outside the new key (or chords) leave the schedule and the
+        context. A note already sounding when its chord changes is held to its end (it was chosen for the
+        chord at its onset; its note-off is scheduled with it, so it never hangs)."""
         classes = self.pitch_classes()
-        if classes is None:
+        if classes is None and not self.harmony.active:
             return 0
         later = self._now_step() + self.band.safety_ms / 1000 * self.timebase.bpm / 60 * STEPS_PER_BEAT
         pending = [i for i in self.committed if i.part is not None and i.step > later]
-        if not any(i.pitch % 12 not in classes and i.channel != 9 for i in pending):
+        if all(self._fits(i, classes) for i in pending):
             return 0
         count = self.retract()
         gone = {id(i) for i in pending}
         self.committed = [i for i in self.committed if id(i) not in gone]
         # Those in key go back on the schedule (the retract took the whole part's queue).
         for item in pending:
-            if item.pitch % 12 in classes or item.channel == 9:
+            if self._fits(item, classes):
                 self._schedule(item)
                 _insert(self.committed, item)
         return count
@@ -290,7 +306,9 @@ class Accompanist(Band):
             # Degraded: no more guessing of the musician (half the events to sample). Otherwise a guess is
             # followed by a part note: a model that mostly saw one track would go on guessing the musician.
             del tracks[MUSICIAN_TRACK]
-        key = (classes, tuple(sorted(tracks)), self.shift)
+        harmony = self.harmony
+        chords = harmony.active
+        key = (classes, tuple(sorted(tracks)), self.shift, chords and (harmony.mode, harmony.version))
         if key not in self._mask_cache:
             # In the model's frame: registers and pitch classes moved by the key-normalising shift.
             shift = self.shift
@@ -300,13 +318,21 @@ class Accompanist(Band):
             def moved(pcs: frozenset[int] | None) -> frozenset[int] | None:
                 return pcs and frozenset((c + shift) % 12 for c in pcs)
 
+            roles = {p.channel: p.role for p in self.parts}
+            key_scale = self.key_scale()
+
+            def chord_classes(channel: int, beat: float) -> frozenset[int] | None:
+                # The musician's guessed notes (channel 0 unless a part's) keep to the chord scale too.
+                return moved(harmony.classes(roles.get(channel, "melody"), beat, key_scale))
+
+            at = chord_classes if chords else None
             try:
                 masks = PartMasks(self.engine.vocab, tracks, registers, moved(classes),
-                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT)
+                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT, classes_at=at)
             except PartsConfigError:
                 # A narrow register holds none of the few classes a key change leaves: the whole key then.
                 masks = PartMasks(self.engine.vocab, tracks, registers, moved(self.key_tracker.scale()),
-                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT)
+                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT, classes_at=at)
             if len(self._mask_cache) > 256:
                 self._mask_cache.clear()
             self._mask_cache[key] = masks
@@ -359,7 +385,9 @@ class Accompanist(Band):
         if self._plan_rows == 0 and not self._plan:
             self._sync_context()
         start = now()
-        row = self.engine.step(self.sampler, self._masks_now(), self._rng)[0].tolist()
+        masks = self._masks_now()
+        masks.origin_step = self._last_step  # each event is masked by the chord at its own onset
+        row = self.engine.step(self.sampler, masks, self._rng)[0].tolist()
         elapsed = now() - start
         self.plan_stats["compute_s"] += elapsed
         self._step_s += 0.1 * (elapsed - self._step_s)  # running mean of a step, for wait_for_quiet

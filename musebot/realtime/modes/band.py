@@ -27,6 +27,7 @@ from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import NOTE_NAMES, KeyLock, KeyTracker, LiveSettings, PartConfig
+from musebot.realtime.harmony_live import Harmony
 from musebot.realtime.io.outputs import Output
 from musebot.realtime.modes.base import Session, SessionError
 from musebot.realtime.scheduler import Scheduler
@@ -65,6 +66,9 @@ class BandConfig:
     looper_source: str = "auto"  # replay | generate | auto (replay what was recorded, else generate)
     interplay: str = "mirror"  # mirror | contrast (density and energy of the chosen loop)
     loop_bars: int = 4  # bars remembered per role
+    chords: str | None = None  # a chord chart, e.g. "Cm7 | F7 | Bbmaj7 | %" (harmony_live)
+    chords_file: str | None = None  # a chart file: text, or a MusicXML/ABC lead sheet through music21
+    harmony: str | None = None  # chart | follow | key; default: chart with a chart, else key
 
     @classmethod
     def for_mode(cls, mode: str, **settings: object) -> BandConfig:
@@ -97,6 +101,15 @@ class BandConfig:
         if self.mode == "looper" and set(self.parts) - {"bass", "chords", "melody"}:
             raise ValueError("the looper plays the roles bass, chords and melody: --parts may name only those")
         Meter.parse(self.meter)
+        self.chart()  # an unknown chord symbol is named with its bar and position before anything starts
+
+    def chart(self):
+        """The chart of ``chords``/``chords_file`` (None when neither), checked against ``harmony``."""
+        from musebot.realtime.harmony_live import default_mode, read_chart
+
+        chart = read_chart(self.chords, self.chords_file, Meter.parse(self.meter).bar_beats)
+        default_mode(self.harmony, chart)
+        return chart
 
 
 @dataclass
@@ -136,6 +149,7 @@ class Band(Session):
         self.telemetry = Telemetry()
         self.key_lock = KeyLock.parse(band.key)
         self.key_tracker = KeyTracker()
+        self.harmony = Harmony(band.chart(), band.harmony, self.timebase.meter.bar_beats)
         self.counts.update(notes=0, controls=0)
         self.clock_input = None
         self.realtime_priority = False  # whether started() got SCHED_FIFO for the scheduler thread
@@ -228,6 +242,8 @@ class Band(Session):
                     log.info("key: %s major (or its relative minor) at beat %.2f",
                              NOTE_NAMES[self.key_tracker.tonic], self.timebase.beat_at(t))
                 self.key_changed(t)
+        if midi.channel_of(msg) != DRUM_CHANNEL and (midi.is_note_on(msg) or midi.is_note_off(msg)):
+            self.harmony.hear(t, msg[1], msg[2] if midi.is_note_on(msg) else 0)
         self.play(t, msg)
 
     def control(self, t: float, controller: int, value: int) -> bool:
@@ -253,6 +269,30 @@ class Band(Session):
         if self.clock_sender is not None:
             self.clock_sender.pump(t)
         self.metronome.pump(t)
+        if self.timebase.running:
+            tracked = self.harmony.tick(self.timebase.beat_at(t), self.timebase.time_at)
+            if tracked is not None:
+                beat, chord = tracked
+                log.info("chord heard: %s from beat %g", chord.symbol, beat)
+                if self.recorder is not None:
+                    self.recorder.mark(self.timebase.time_at(beat) or t, f"chord {chord.symbol}")
+                if self.harmony.mode == "follow":
+                    self.harmony_changed(t)
+
+    def key_scale(self) -> frozenset[int] | None:
+        """The key a chord's scale tones are kept in: a key the musician set (``--key 'Eb major'``) only; a
+        tracked key can be wrong for a beat or two, and the chord already says what fits."""
+        return self.key_lock.pitch_classes() if self.key_lock.mode == "fixed" else None
+
+    def set_harmony(self, t: float, chart=None, mode: str | None = None, clear_chart: bool = False) -> None:
+        """A new chart and/or harmony mode, live (:meth:`Harmony.set`; a refusal changes nothing)."""
+        self.harmony.set(chart, mode, clear_chart)
+        log.info("harmony: %s%s", self.harmony.mode,
+                 f", chart of {self.harmony.chart.bar_count} bar(s)" if self.harmony.chart else "")
+        self.harmony_changed(t)
+
+    def harmony_changed(self, t: float) -> None:
+        """The chords the parts follow changed (subclasses re-plan)."""
 
     def pitch_classes(self) -> frozenset[int] | None:
         if self.key_lock.mode == "auto":
@@ -310,6 +350,7 @@ class Band(Session):
             "telemetry": {"notes": self.counts["notes"], "within_2ms": round(self.telemetry.within(), 5),
                           "dropped": self.telemetry.dropped, "stale": self.telemetry.stale,
                           "retracted": self.telemetry.retracted},
+            "harmony": self.harmony.status(tb.beat_at(now())),
         }
 
     def started(self) -> None:

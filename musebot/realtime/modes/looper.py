@@ -35,6 +35,7 @@ from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import LiveSettings, PartConfig, PartMasks, shift_to_c
+from musebot.realtime.harmony_loops import move_over_changes
 from musebot.realtime.io.outputs import Output
 from musebot.realtime.modes.band import MUSICIAN_TRACK, Band, BandConfig
 from musebot.realtime.modes.base import ModelThread
@@ -62,6 +63,7 @@ class RecordedBar:
     tonic: int | None
     density: float  # notes per beat
     energy: float  # mean velocity / 127
+    spans: tuple = ()  # (start, end, chord) in beats from the bar start, when chords were known (harmony_live)
 
 
 def bar_character(notes: Sequence[BarNote], beats: float) -> tuple[float, float]:
@@ -192,7 +194,8 @@ class Looper(Band):
             return
         for role, role_notes in self._roles_of(notes, bar_beats).items():
             density, energy = bar_character(role_notes, bar_beats)
-            self.memory[role].append(RecordedBar(role_notes, self.key_tracker.tonic, density, energy))
+            spans = self.harmony.bar_spans(start, bar_beats) if self.harmony.active else ()
+            self.memory[role].append(RecordedBar(role_notes, self.key_tracker.tonic, density, energy, spans))
 
     def _plan_bar(self, bar: int, beat: float) -> None:
         """Choose and schedule what musebot plays in ``bar`` (module docstring)."""
@@ -238,10 +241,17 @@ class Looper(Band):
         return bar
 
     def _replay(self, part: PartConfig, bar: int, recorded: RecordedBar) -> None:
+        """A recorded bar in ``bar``: over changes (a chart or tracked chords, then and now) each note moves
+        from the chord it was played over to the chord in force now (harmony_loops); else by the key."""
         tb = self.timebase
         shift = transposition(recorded.tonic, self.key_tracker.tonic)
         start = tb.bar_start(bar)
-        for note in recorded.notes:
+        notes = recorded.notes
+        target = self.harmony.bar_spans(start, tb.meter.bar_beats) if self.harmony.active else ()
+        if recorded.spans and target:
+            notes = move_over_changes(notes, recorded.spans, target, part.role, tb.meter.bar_beats)
+            shift = 0
+        for note in notes:
             due, end = tb.time_at(start + note.onset), tb.time_at(start + note.onset + note.duration)
             if due is None or end is None:
                 return
@@ -349,10 +359,18 @@ class BarGenerator:
         engine.append(np.concatenate([[engine.vocab.special_row(engine.vocab.bos_id)], rows]))
         tracks = {self.track_of[p.name]: p.channel for p in parts}
         classes = looper.pitch_classes()
+        harmony, key_scale = looper.harmony, looper.key_scale()
+        roles = {p.channel: p.role for p in parts}
+
+        def chord_classes(channel: int, beat: float) -> frozenset[int] | None:
+            pcs = harmony.classes(roles.get(channel, "melody"), beat, key_scale)
+            return pcs and frozenset((c + shift) % 12 for c in pcs)
+
         masks = PartMasks(engine.vocab, tracks,
                           {p.channel: (max(0, p.low + shift), min(127, p.high + shift)) for p in parts},
                           classes and frozenset((c + shift) % 12 for c in classes),
-                          max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT)
+                          max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT,
+                          classes_at=chord_classes if harmony.active else None)
         part_of = {p.channel: p for p in parts}
         rng = np.random.default_rng([looper.config.seed, bar])
         beat = self._last_beat
@@ -362,6 +380,7 @@ class BarGenerator:
                 return
             looper.wait_for_quiet(self._step_s * 1.5)
             started = now()
+            masks.origin_step = step  # the chord at each event's own onset
             row = engine.step(self.sampler, masks, rng)[0].tolist()
             self._step_s += 0.1 * (now() - started - self._step_s)
             event = self.tokenizer.row_to_event(row)
