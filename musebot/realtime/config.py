@@ -29,7 +29,12 @@ class ControlConfig:
 class ServeConfig:
     """Everything ``musebot serve`` and ``musebot demo`` need besides ports and the model."""
 
-    bpm: float = 120.0
+    bpm: float = 120.0  # with tempo="follow", the tracker's first guess
+    # "follow": the beat tracker (realtime/tempo.py) hears the musician's tempo and phase, and the answer is
+    # on their grid; "fixed": --bpm is the grid (what a program embedding musebot gets unless it asks;
+    # ``musebot serve`` follows by default).
+    tempo: str = "fixed"
+    answer_on: str = "beat"  # follow: the answer starts on the next beat (or downbeat, "bar") after the silence
     silence_beats: float = 1.0  # phrase end: this much silence with no key and no sustain pedal held
     silence_ms: float | None = None  # if set, overrides silence_beats
     answer_beats: float | None = None  # None: as long as the call
@@ -63,6 +68,10 @@ class ServeConfig:
         """Raise ValueError with a message naming the bad setting."""
         if not 20 <= self.bpm <= 400:
             raise ValueError(f"--bpm must be between 20 and 400, got {self.bpm}")
+        if self.tempo not in ("follow", "fixed"):
+            raise ValueError(f"--tempo must be follow or fixed, got {self.tempo!r}")
+        if self.answer_on not in ("beat", "bar"):
+            raise ValueError(f"--answer-on must be beat or bar, got {self.answer_on!r}")
         if self.silence_s <= 0:
             raise ValueError("the phrase-end silence must be positive (--silence-beats or --silence-ms)")
         if not 0 <= self.answer_channel <= 15:

@@ -100,6 +100,11 @@ class LiveConverter:
         origin_s, origin_tick, bpm = self._tempo_origin
         return max(0, round(origin_tick + (time_s - origin_s) * bpm / 60.0 * self.tpb))
 
+    def beat_at(self, time_s: float) -> float:
+        """Beats since the converter's start at ``time_s`` on its grid (unrounded; negative before it)."""
+        origin_s, origin_tick, bpm = self._tempo_origin
+        return (origin_tick + (time_s - origin_s) * bpm / 60.0 * self.tpb) / self.tpb
+
     def set_tempo(self, bpm: float, time_s: float) -> None:
         """The session's tempo from ``time_s`` on (ticks before it keep their times)."""
         if not 1.0 <= bpm <= 1000.0:

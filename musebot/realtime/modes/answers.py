@@ -98,6 +98,10 @@ class Answerer:
     def set_tempo(self, bpm: float) -> None:
         """The musician's tempo from now on (an answerer without a beat grid ignores it)."""
 
+    def follow(self, bpm: float, beat_time: float) -> None:
+        """The beat tracker heard the call at ``bpm`` with a beat at ``beat_time``: hear the call on that grid
+        and answer on it (an answerer without a beat grid ignores it)."""
+
     def constraints(self):
         """The answers' pitch constraints (``engine.masks.Constraints``), or None when nothing masks them."""
         return
@@ -112,6 +116,10 @@ class Answerer:
     def busy(self) -> bool:
         """Still producing notes of an answer."""
         return False
+
+    def backlog_dropped(self) -> int:
+        """The musician's messages dropped because too many waited for the answerer (a flood)."""
+        return 0
 
     def close(self) -> None:
         pass

@@ -102,6 +102,14 @@ class Session:
         """The live part settings (``constraints.LiveSettings``) of a band session, else None."""
         return
 
+    def set_harmony(self, t: float, chart=None, mode: str | None = None, clear_chart: bool = False) -> None:
+        """A chord chart (``chords.Chart``) and/or harmony mode (chart, follow, key) for the parts."""
+        raise SessionError("chord charts are for the band: serve with --mode accompany or --mode looper")
+
+    def harmony_status(self) -> dict | None:
+        """The band's harmony (mode, chart, bar and chord now, tracked chord, beats a bar), else None."""
+        return
+
     # ---- what the API reads --------------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -112,9 +120,18 @@ class Session:
         """The model's generation figures (events, headroom...), when a model generates."""
         return None
 
+    def tempo(self) -> dict:
+        """The tempo in use: ``bpm``, ``source`` (fixed: the configured bpm; follow: tracked from the
+        musician) and the tracker's ``confidence`` (None when fixed)."""
+        return {"bpm": round(self.config.bpm, 2), "source": "fixed", "confidence": None}
+
     def band_status(self) -> dict | None:
         """Clock, key, parts and telemetry of a band session (None in call and listen mode)."""
         return None
+
+    def overflows(self) -> dict:
+        """What this session dropped or forgot to stay bounded (a flood, a lost release): name -> count."""
+        return {}
 
     # ---- life ----------------------------------------------------------------------------------------
     def started(self) -> None:

@@ -6,11 +6,17 @@ last release reaches the threshold (magenta_midi waits a bar, Continuator-py 1 s
 ``realtime-field.md`` §3.3), or at once on the takeover controller. The answer is asked for at the release,
 due at the end of the silence, so a pre-generated answer starts exactly on time; if the musician plays
 before it is due or while it plays (barge-in), it is cancelled and its sounding notes released.
+
+With ``tempo="follow"`` a :class:`~musebot.realtime.tempo.BeatTracker` hears the call's onsets: at the phrase
+end the answerer is told the musician's tempo and beat (:meth:`Answerer.follow`), the silence and the answer's
+length are counted in their beats, and the answer is due on their next beat (or downbeat, ``answer_on="bar"``)
+after the silence, as a human partner would come in.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 from musebot.realtime import midi
@@ -20,11 +26,13 @@ from musebot.realtime.io.recorder import SessionRecorder
 from musebot.realtime.modes.answers import Answerer, AnswerSlot
 from musebot.realtime.modes.base import Session, SessionError
 from musebot.realtime.scheduler import Scheduler
+from musebot.realtime.tempo import BeatTracker
 from musebot.realtime.tracker import NoteTracker
 
 log = logging.getLogger(__name__)
 
 MODES = ("call", "listen")  # listen: thru and recording only, no answers
+BEATS_PER_BAR = 4  # answer_on="bar": the downbeat of a 4/4 bar (the tracker picks which beat is the one)
 
 
 class Duet(Session):
@@ -52,11 +60,20 @@ class Duet(Session):
         self.due = 0.0
         self.answer_id = 0
         self.counts = {"received": 0, "invalid": 0, "answers": 0, "barge_ins": 0, "panics": 0, "phrases": 0}
+        # The tempo in use: --bpm until the beat tracker (tempo="follow") has heard a call.
+        self.beats = BeatTracker(config.bpm) if config.tempo == "follow" else None
+        self.bpm = config.bpm
+        self.tempo_confidence = 0.0
+        self._recorded_bpm: float | None = None
 
     # ---- input (after the Session's front: validated, controllers, thru, recorded) -------------------
     def hear(self, t: float, msg: midi.Message) -> None:
         if midi.is_note_on(msg):
             self._note_on(t)
+            if self.beats is not None:
+                self.beats.add_onset(t, msg[1], msg[2])
+        elif self.beats is not None and midi.is_note_off(msg):
+            self.beats.add_note_off(t, msg[1])
         self.tracker.handle(t, msg)
         self.answerer.hear(t, msg)
         ready = self.tracker.release_ready()
@@ -75,6 +92,8 @@ class Duet(Session):
                 log.info("barge-in: the musician plays again; answer stopped (%d cancelled)", cancelled)
         if self.state not in ("listening", "waiting"):
             self.phrase_start = t
+            if self.beats is not None:
+                self.beats.reset_call()  # the last call's tempo stays as the prior
             self.answerer.begin_phrase(t)
         self.state = "listening"
 
@@ -84,14 +103,32 @@ class Duet(Session):
         if self.mode != "call":
             self.state = "idle"
             return
+        if self.beats is not None:
+            due = self._follow(release, due)
+        period = 60.0 / self.bpm
         beats = self.config.answer_beats
         if beats is None:  # as long as the call
-            beats = (release - self.phrase_start) / self.config.seconds_per_beat
+            beats = (release - self.phrase_start) / period
         beats = min(max(beats, self.config.min_answer_beats), self.config.max_answer_beats)
         self.answer_id = self.slot.open()
         self.due = due
         self.state = "waiting"
-        self.answerer.start_answer(self.answer_id, due, beats * self.config.seconds_per_beat)
+        self.answerer.start_answer(self.answer_id, due, beats * period)
+
+    def _follow(self, release: float, due: float) -> float:
+        """The musician's tempo and beat from the call: tell the answerer, and move ``due`` (the end of the
+        silence) to their next beat or downbeat. The silence counts their beats unless given in ms."""
+        est = self.beats.estimate()
+        self.bpm, self.tempo_confidence = est.bpm, est.confidence
+        self.answerer.follow(est.bpm, est.beat_time)
+        if self.config.silence_ms is None and due > release:  # not the takeover controller's lead
+            due = release + self.config.silence_beats * est.period
+        # A beat a hair before the silence's end is close enough (the musician hears it as "on the beat").
+        on, bar = self.config.answer_on, BEATS_PER_BAR
+        beat = self.beats.next_beat_time(due - 0.05 * est.period, on=on, beats_per_bar=bar)
+        if not release < beat < release + 4 * bar * est.period:  # never before the call ends, never never
+            beat = self.beats.next_beat_time(max(due, release + 0.005), on=on, beats_per_bar=bar)
+        return beat if math.isfinite(beat) and beat > release else due
 
     def control(self, t: float, controller: int, value: int) -> bool:
         """Handle a musebot controller; True when the message was one (it is then not played thru)."""
@@ -134,6 +171,9 @@ class Duet(Session):
         if self.state == "waiting" and t >= self.due:
             self.state = "answering"
             self.counts["answers"] += 1
+            if self.recorder is not None and self.bpm != self._recorded_bpm:
+                self._recorded_bpm = self.bpm
+                self.recorder.set_tempo(self.due, self.bpm)  # the answer's tempo, in the recording
         elif self.state == "answering" and not self.slot.is_playing() and not self.answerer.busy():
             self.state = "idle"
 
@@ -159,7 +199,16 @@ class Duet(Session):
         return self.answerer.name
 
     def set_tempo(self, bpm: float) -> None:
+        self.bpm = bpm
+        if self.beats is not None:  # the musician (or their controller) says the tempo: the new first guess
+            self.beats = BeatTracker(bpm)
         self.answerer.set_tempo(bpm)
+
+    def tempo(self) -> dict:
+        """The tempo in use: bpm, source (follow: tracked from the musician; fixed: --bpm), confidence."""
+        follow = self.beats is not None
+        return {"bpm": round(self.bpm, 2), "source": "follow" if follow else "fixed",
+                "confidence": round(self.tempo_confidence, 3) if follow else None}
 
     def set_temperature(self, temperature: float) -> None:
         super().set_temperature(temperature)
@@ -175,6 +224,10 @@ class Duet(Session):
 
     def generation(self) -> dict | None:
         return self.answerer.generation()
+
+    def overflows(self) -> dict:
+        return {"backlog_dropped": self.answerer.backlog_dropped(), "tracker_trimmed": self.tracker.trimmed,
+                "held_key_timeouts": self.tracker.held_timeouts}
 
     def close(self) -> None:
         self.answerer.close()

@@ -15,6 +15,12 @@ Times: the first answer note sounds exactly when due (the silence after the call
 model's rhythm from there. The converter's clock is then re-anchored so that the musician's next notes
 are placed in the model's timeline right after what musebot played. Sampling is seeded per context length
 (``[seed, n_events]``), so the same performance with the same seed gives the same answer.
+
+Following the musician's tempo (``tempo="follow"``): the worker keeps the messages of the current call; at
+its end the Duet's beat tracker gives the tempo and a beat time (:meth:`follow`), the call is read again on
+that grid (only the rows that change are rolled back and prefilled again, as on a key change), the model
+generates on it, and the answer's beats fall on the musician's: its first note keeps its place within the
+beat, starting in the beat that is due.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import KeyFollower
+from musebot.realtime.inbox import Inbox
 from musebot.realtime.modes.answers import Answerer, AnswerSlot
 from musebot.realtime.modes.base import ModelThread, load_engine
 from musebot.tokenizers.vocab import STEPS_PER_BEAT
@@ -47,6 +54,7 @@ ANSWER_TRACK = 1  # musebot's notes live on track 1 (with the musician's channel
 MAX_GAP_STEPS = 32  # an answer never pauses more than 2 beats between onsets (spec 2.4: 16 steps a beat)
 MAX_DURATION_STEPS = 64  # nor holds a note longer than 4 beats
 PIANO_RANGE = (21, 108)  # A0..C8: answers stay on the keyboard the musician plays
+MAX_CALL_MESSAGES = 2048  # a call longer than this is not read again on the tracked grid (bounded memory)
 
 
 @dataclass
@@ -58,6 +66,19 @@ class _Answer:
     first_step: int | None = None
     done: bool = False
     onsets: list[float] = field(default_factory=list)  # real onset of each scheduled row (rows-ahead order)
+    origin_step: int | None = None  # the grid step that sounds at ``due`` (follow: the first note's beat)
+
+
+@dataclass
+class _Call:
+    """The musician's phrase since it began, to be read again on the tracked grid at its end."""
+
+    committed: int  # context length before its first row
+    encoder_beat: int  # the row encoder's beat then
+    channel_tracks: dict[int, int]
+    first_beat: float  # beat of its first message on the grid it was heard on
+    messages: list[tuple[float, mido.Message]] = field(default_factory=list)
+    overflow: bool = False
 
 
 @dataclass
@@ -72,6 +93,7 @@ class WorkerStats:
     answers: int = 0
     late_rows: int = 0  # answer rows generated after their onset had passed
     key_changes: int = 0  # times a key-normalised model's transposition followed the musician
+    regrids: int = 0  # calls whose rows changed when read again on the tracked beat
 
     @property
     def headroom(self) -> float:
@@ -111,13 +133,16 @@ class ModelAnswerer(Answerer):
         self._model_masks = self.masks
         self.stats = WorkerStats()
         self._steps_per_s = STEPS_PER_BEAT * config.bpm / 60.0
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        # Bounded: in a flood the oldest waiting messages are dropped (newest notes win), never the commands.
+        self._commands = Inbox()
         self._answer: _Answer | None = None
         self._busy = False
         self._ahead: list[list[int]] = []  # rows generated beyond the committed context (in the cache)
         self._ahead_steps: list[int] = []  # their absolute grid steps
         self._rng = None
         self._first_message = True
+        self._call: _Call | None = None
+        self._call_begins = False  # a phrase began: the next message opens its _Call
         engine.reset()
         engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
         self._committed = engine.n_events
@@ -139,11 +164,17 @@ class ModelAnswerer(Answerer):
 
     # ---- the Answerer interface (listener thread: only enqueue) --------------------------------------
     def hear(self, t: float, msg: tuple[int, ...]) -> None:
-        self._commands.put(("msg", t, msg))
+        self._commands.put(("msg", t, msg), sheddable=True)
 
     def start_answer(self, answer_id: int, due: float, length_s: float) -> None:
         self._busy = True
         self._commands.put(("answer", answer_id, due, length_s))
+
+    def begin_phrase(self, t: float) -> None:
+        self._commands.put(("phrase", t))
+
+    def follow(self, bpm: float, beat_time: float) -> None:
+        self._commands.put(("follow", bpm, beat_time))
 
     def stop_answer(self, answer_id: int, t: float) -> None:
         self._commands.put(("stop", answer_id, t))
@@ -175,6 +206,9 @@ class ModelAnswerer(Answerer):
 
     def busy(self) -> bool:
         return self._busy
+
+    def backlog_dropped(self) -> int:
+        return self._commands.dropped
 
     def close(self) -> None:
         self._model.stop()
@@ -223,6 +257,7 @@ class ModelAnswerer(Answerer):
                 self._first_message = False
                 self.converter = self._new_converter(t)
             message = mido.Message.from_bytes(list(msg))
+            self._keep_for_call(t, message)
             if self.key is not None and message.type == "note_on" and message.velocity and message.channel != 9:
                 self.key.hear(t * self.config.bpm / 60.0, message.note)
             rows = self.converter.feed(message, t).rows
@@ -233,6 +268,10 @@ class ModelAnswerer(Answerer):
             self._drop_answer()
             self._answer = _Answer(answer_id, due, length_s)
             self.stats.answers += 1
+        elif kind == "phrase":
+            self._call, self._call_begins = None, True
+        elif kind == "follow":
+            self._follow(command[1], command[2])
         elif kind == "stop":
             _, answer_id, t = command
             if self._answer is not None and self._answer.answer_id == answer_id:
@@ -254,6 +293,58 @@ class ModelAnswerer(Answerer):
                 self._rollback_ahead()  # guessed under the old constraints
         elif kind == "quit":
             self._model.running = False
+
+    # ---- the musician's tempo ------------------------------------------------------------------------
+    def _keep_for_call(self, t: float, message: mido.Message) -> None:
+        if self._call_begins:
+            self._call_begins = False
+            c = self.converter
+            self._call = _Call(self._committed, c.encoder.beat, dict(c.channel_tracks), c.beat_at(t))
+        call = self._call
+        if call is not None and not call.overflow:
+            call.messages.append((t, message))
+            if len(call.messages) > MAX_CALL_MESSAGES:
+                call.overflow, call.messages = True, []
+
+    def _follow(self, bpm: float, beat_time: float) -> None:
+        """The call was played at ``bpm`` with a beat at ``beat_time``: read it again on that grid (the
+        rows that change replace theirs in the context) and generate from there at that tempo."""
+        from musebot.tokenizers.live import RowEncoder
+
+        old, call = self.converter, self._call
+        self._steps_per_s = STEPS_PER_BEAT * bpm / 60.0
+        if call is None or call.overflow or not call.messages or not old.quiet or self._answer is not None:
+            # Nothing to read again: from here on the grid's beats are the musician's.
+            old.reanchor(beat_time, round(old.beat_at(beat_time)), bpm)
+            if self._answer is None:
+                self._rollback_ahead()
+            return
+        encoder = RowEncoder(self.tokenizer)
+        encoder.beat = call.encoder_beat
+        new = self._converter_class(self.tokenizer, bpm=bpm, start_time=beat_time,
+                                    channel_tracks=dict(call.channel_tracks), encoder=encoder)
+        # Whole beats from the tracked beat: the call keeps its place in the timeline (never before the
+        # last row before it), its notes now on the musician's beats.
+        first = (call.messages[0][0] - beat_time) * bpm / 60.0
+        new.reanchor(beat_time, max(round(call.first_beat - first), math.ceil(call.encoder_beat - first - 1e-9)))
+        rows: list[list[int]] = []
+        for t, message in call.messages:
+            rows += new.feed(message, t).rows
+        rows += new.flush(call.messages[-1][0]).rows  # (quiet: nothing is left)
+        fresh = self.engine.vocab.transpose_rows(np.asarray(rows, np.int64), self.shift)
+        heard = self.engine.rows[0, call.committed:self._committed]
+        same = 0
+        while same < min(len(heard), len(fresh)) and np.array_equal(heard[same], fresh[same]):
+            same += 1
+        self.converter = new
+        if same == len(heard) == len(fresh):
+            return  # the call was already on the musician's grid: the guess ahead still holds
+        self._rollback_ahead()
+        self.engine.rollback(call.committed + same)
+        if same < len(fresh):
+            self.engine.append(fresh[same:])
+        self._committed = self.engine.n_events
+        self.stats.regrids += 1
 
     # ---- context -------------------------------------------------------------------------------------
     def _append_played(self, rows: Sequence[Sequence[int]]) -> None:
@@ -340,7 +431,10 @@ class ModelAnswerer(Answerer):
             step = self._ahead_steps[i]
             if answer.first_step is None:
                 answer.first_step = step
-            onset = answer.due + (step - answer.first_step) / self._steps_per_s
+                # Follow: the answer's beats are the musician's (its first note keeps its place in the beat).
+                follow = self.config.tempo == "follow"
+                answer.origin_step = step - step % STEPS_PER_BEAT if follow else step
+            onset = answer.due + (step - answer.origin_step) / self._steps_per_s
             if onset - answer.due >= answer.length_s:
                 answer.done = True
                 break
@@ -370,8 +464,8 @@ class ModelAnswerer(Answerer):
         for row in self._ahead[:keep]:
             self.converter.encoder.advance(row)
         self._committed = self.engine.n_events
-        # Re-anchor the converter: the answer's first note (grid step first_step) sounded at ``due``.
-        self._reanchor(answer.due, answer.first_step)
+        # Re-anchor the converter: grid step origin_step (fixed: the first note's) sounded at ``due``.
+        self._reanchor(answer.due, answer.origin_step)
         self._ahead.clear()
         self._ahead_steps.clear()
         self._rng = None
