@@ -28,6 +28,7 @@ from musebot.realtime.io import system as ports
 from musebot.realtime.io.inputs import RtMidiInput
 from musebot.realtime.io.outputs import FluidSynthOutput, NetworkOutput, Output, RtMidiOutput
 from musebot.realtime.io.recorder import SessionRecorder
+from musebot.realtime.logs import LogLimiter, realtime_loggers
 from musebot.realtime.modes import SERVE_MODES, Session, make_session
 from musebot.realtime.modes.answers import AnswerSlot
 from musebot.realtime.modes.band import BandConfig
@@ -114,6 +115,7 @@ class Daemon:
         self._session_lock = threading.Lock()
         self.session: Session | None = None
         self.started_at = now()
+        self.log_limiter: LogLimiter | None = None  # on the real-time loggers while serving
         try:
             self._open_outputs()
             self._open_input()
@@ -175,6 +177,9 @@ class Daemon:
 
     # ---- running --------------------------------------------------------------------------------------
     def start(self) -> Daemon:
+        # A flood must not become a flood of log lines from the real-time path (counted in overflows()).
+        self.log_limiter = LogLimiter(loggers=realtime_loggers())
+        self.log_limiter.install()
         self.scheduler.start()
         self.session.started()  # a band raises the scheduler thread's priority
         for target, name in ((self._listen, "musebot-listener"), (self._watch, "musebot-health")):
@@ -193,6 +198,16 @@ class Daemon:
             return True
         except queue.Full:
             return False
+
+    def overflows(self) -> dict:
+        """What was dropped, trimmed or forgotten to stay bounded (the status reports it): input messages
+        beyond the input queue, the session's own counts (worker backlog, tracker), the recorder's dropped
+        events and the log lines suppressed."""
+        counts = {"input_overflows": self.input.overflows if self.input is not None else 0}
+        counts.update(self.session.overflows() if self.session is not None else {})
+        counts["recorder_dropped"] = self.recorder.dropped if self.recorder is not None else 0
+        counts["log_lines_suppressed"] = self.log_limiter.suppressed if self.log_limiter is not None else 0
+        return counts
 
     @property
     def session_lock(self) -> threading.Lock:
@@ -352,6 +367,8 @@ class Daemon:
             output.close()
         if self.input:
             self.input.close()
+        if self.log_limiter is not None:
+            self.log_limiter.remove()
         if self.recorder is not None and self.options.record and len(self.recorder):
             path = self.recorder.save(self.options.record, self.session_meta(), origin=self.started_at)
             log.info("session recorded to %s", path)

@@ -58,6 +58,9 @@ class Control:
             "parts": {"answer": {"channel": d.slot.channel}},
             "constraints": {},
         }
+        harmony = d.session.harmony_status()
+        if harmony is not None:
+            settings["harmony"] = {"mode": harmony["mode"], "chart": harmony["chart"]}
         band = d.session.part_settings()
         if band is not None:
             for name, part in band.parts.items():
@@ -100,6 +103,7 @@ class Control:
                 "generation": session.generation(),
                 "counts": dict(session.counts),
                 "network_input_dropped": self.network_input_dropped,
+                "overflows": d.overflows(),
             },
             "clients": clients or {"observers": 0, "performer": False},
             "band": session.band_status(),
@@ -148,7 +152,17 @@ class Control:
         mode = changes.get("mode")
         if mode is not None and mode not in modes():
             raise SettingsError(f"mode must be one of {', '.join(modes())}, got {mode!r}")
+        harmony = changes.get("harmony")
+        chart = None
+        if harmony:
+            chart = self._chart(harmony)
         with d.session_lock:
+            if harmony:  # first: a refusal here leaves everything as it was
+                try:
+                    session.set_harmony(now(), chart, harmony.get("mode"),
+                                        clear_chart="chart" in harmony and harmony["chart"] is None)
+                except ValueError as exc:
+                    raise SettingsError(f"harmony: {exc}") from exc
             if mode is not None and mode != session.mode:
                 try:
                     session.set_mode(now(), mode)
@@ -184,6 +198,21 @@ class Control:
                 d.slot.channel = channel
                 d.config.answer_channel = channel
         return self.settings()
+
+    def _chart(self, harmony: dict):
+        """The chart a ``harmony`` change sets (None when it sets none); 400 naming a bad symbol's place."""
+        from musebot.realtime.chords import ChartError, ChordSyntaxError, parse_chart
+
+        status = self.daemon.session.harmony_status()
+        if status is None:
+            raise SettingsError("harmony: chord charts are for the band: serve with --mode accompany or "
+                                "--mode looper", 409)
+        if harmony.get("chart") is None:
+            return None
+        try:
+            return parse_chart(harmony["chart"], status["beats_per_bar"])
+        except (ChordSyntaxError, ChartError) as exc:
+            raise SettingsError(f"harmony/chart: {exc}") from exc
 
     def panic(self, reason: str) -> int:
         """Release every note on every output and channel; returns the daemon's panic count."""

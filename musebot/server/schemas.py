@@ -49,6 +49,20 @@ def settings_schema(modes: Sequence[str]) -> dict:
                 "description": "answer length in beats; null: as long as the call",
             },
             "thru": {"type": "boolean", "description": "pass the musician's notes to the outputs"},
+            "harmony": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "accompany, looper: the chord chart the parts follow and what they follow",
+                "properties": {
+                    "chart": {
+                        "type": ["string", "null"], "maxLength": 12000,
+                        "description": "bars split by |, e.g. 'Dm7 | G7 | Cmaj7 | %' (played from now on, "
+                                       "looping from bar 1); null: no chart",
+                    },
+                    "mode": {"enum": ["chart", "follow", "key"],
+                             "description": "chart, follow (the chords the musician plays) or key only"},
+                },
+            },
             "parts": {
                 "type": "object",
                 "additionalProperties": False,
@@ -106,6 +120,14 @@ STATUS_SCHEMA = {
                 "generation": {"type": ["object", "null"]},
                 "counts": {"type": "object"},
                 "network_input_dropped": {"type": "integer"},
+                "overflows": {
+                    "type": "object",
+                    "description": "what was dropped or forgotten to stay bounded: input_overflows (input queue "
+                                   "full), backlog_dropped (musician messages the model thread shed, newest "
+                                   "kept), tracker_trimmed, held_key_timeouts, recorder_dropped, "
+                                   "log_lines_suppressed",
+                    "additionalProperties": {"type": "integer"},
+                },
             },
         },
         "clients": {

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from musebot.realtime.clock import now
+from musebot.realtime.logs import LogLimiter as _LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -171,41 +172,11 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, allow_nan=False))
 
 
-class LogLimiter(logging.Filter):
-    """At most ``lines`` records of one kind (logger and message template) per ``window_s``; the first
-    record let through after a window with suppressed ones says how many were suppressed."""
+class LogLimiter(_LogLimiter):
+    """The real-time path's limiter (``musebot.realtime.logs``) on the network face's loggers (``LOGGERS``)."""
 
     def __init__(self, lines: int = 10, window_s: float = 10.0) -> None:
-        super().__init__()
-        self.lines, self.window_s = lines, window_s
-        self._kinds: dict[tuple[str, str], list] = {}  # kind -> [window start, passed, suppressed]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg)[:200])
-        t = now()
-        state = self._kinds.get(key)
-        if state is None:
-            if len(self._kinds) > 4096:  # messages with varying text must not grow this without bound
-                self._kinds.clear()
-            state = self._kinds[key] = [t, 0, 0]
-        if t - state[0] >= self.window_s:
-            suppressed = state[2]
-            state[:] = [t, 0, 0]
-            if suppressed:
-                record.msg = f"{record.msg} [{suppressed} similar lines suppressed]"
-        if state[1] >= self.lines:
-            state[2] += 1
-            return False
-        state[1] += 1
-        return True
-
-    def install(self) -> None:
-        for name in LOGGERS:
-            logging.getLogger(name).addFilter(self)
-
-    def remove(self) -> None:
-        for name in LOGGERS:
-            logging.getLogger(name).removeFilter(self)
+        super().__init__(lines, window_s, LOGGERS)
 
 
 _BUSY_BODY = json.dumps({"error": "too many connections: retry later"}).encode()
