@@ -6,6 +6,8 @@ Addresses (arguments in brackets; with a token, every message's first argument i
 * ``/musebot/mode [s]``, ``/musebot/bpm [f]``, ``/musebot/temperature [f]``, ``/musebot/thru [i]``,
   ``/musebot/answer_beats [f]`` (0: as long as the call), ``/musebot/channel [i]``,
   ``/musebot/pitch_range [i i]``
+* ``/musebot/chords [s]`` (a chord chart, e.g. ``"Dm7 | G7 | Cmaj7 | %"``), ``/musebot/harmony [s]`` (chart,
+  follow or key): accompany and looper
 
 Each message is turned into a settings object and checked against the same schema as ``PATCH
 /api/settings`` (NaN and infinities refused). The sender gets ``/musebot/ok [address]`` or ``/musebot/error
@@ -51,6 +53,10 @@ def _settings_of(name: str, args: list) -> dict:
         return {"parts": {"answer": {"channel": one}}}
     if name == "pitch_range":
         return {"constraints": {"pitch_range": list(args)}}
+    if name == "chords":
+        return {"harmony": {"chart": one}}
+    if name == "harmony":
+        return {"harmony": {"mode": one}}
     return {name: one}
 
 
@@ -126,7 +132,8 @@ class OscControl:
             return "/musebot/ok", address
         if name == "status" and not args:
             return "/musebot/status", json.dumps(self.control.status())
-        if name not in ("mode", "bpm", "temperature", "thru", "answer_beats", "channel", "pitch_range"):
+        if name not in ("mode", "bpm", "temperature", "thru", "answer_beats", "channel", "pitch_range", "chords",
+                        "harmony"):
             raise SettingsError(f"unknown address {address[:80]!r}")
         if not args or (name == "pitch_range") != (len(args) == 2) or len(args) > 2:
             raise SettingsError(f"{address} takes {'two arguments' if name == 'pitch_range' else 'one argument'}")

@@ -294,6 +294,9 @@ class Band(Session):
     def harmony_changed(self, t: float) -> None:
         """The chords the parts follow changed (subclasses re-plan)."""
 
+    def harmony_status(self) -> dict:
+        return {**self.harmony.status(self.timebase.beat_at(now())), "beats_per_bar": self.harmony.beats_per_bar}
+
     def pitch_classes(self) -> frozenset[int] | None:
         if self.key_lock.mode == "auto":
             return self.key_tracker.pitch_classes()

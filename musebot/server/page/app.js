@@ -334,6 +334,28 @@
     $("thru").checked = s.thru;
     if (document.activeElement !== $("channel")) $("channel").value = s.parts.answer.channel + 1;
     showParts(s.parts);
+    if (s.harmony) {
+      if (document.activeElement !== $("chart")) $("chart").value = s.harmony.chart ?? "";
+      $("harmony-mode").value = s.harmony.mode;
+    }
+  }
+
+  // The chart and where the band is in it (bar, chord, the chord heard from the musician).
+  function showHarmony(h) {
+    if (!h) return;
+    $("chord-now").textContent = `bar ${h.bar ?? "–"}/${h.bars || "–"} · chord ${h.chord ?? "–"}`
+      + (h.tracked_chord ? ` · heard ${h.tracked_chord}` : "") + ` · ${h.mode}`;
+    const list = $("chart-bars"), bars = h.chart ? h.chart.split("|").map((b) => b.trim()) : [];
+    if (list.dataset.chart !== (h.chart ?? "")) {
+      list.dataset.chart = h.chart ?? "";
+      list.textContent = "";
+      for (const bar of bars.slice(0, 256)) {
+        const li = document.createElement("li");
+        li.textContent = bar;
+        list.appendChild(li);
+      }
+    }
+    [...list.children].forEach((li, i) => li.classList.toggle("now", i + 1 === h.bar));
   }
 
   // The band's parts (accompany, looper): mute, solo and density of each, built when the set changes.
@@ -395,6 +417,8 @@
     $("thru").onchange = () => change({ thru: $("thru").checked });
     $("channel").onchange = () => change({ parts: { answer: { channel: Number($("channel").value) - 1 } } });
     $("sound").onchange = () => { state.sound = $("sound").checked; };
+    $("chart").onchange = () => change({ harmony: { chart: $("chart").value.trim() || null } });
+    $("harmony-mode").onchange = () => change({ harmony: { mode: $("harmony-mode").value } });
     $("panic").onclick = () => {
       api("POST", "/api/panic").catch((err) => { $("settings-error").textContent = err.message; });
       state.planned = [];
@@ -422,6 +446,7 @@
       if (s.band) {  // accompany, looper: the clock, the key and the band's own timing
         rows.push(["clock", `${s.band.clock}, beat ${s.band.beat}`], ["key", s.band.key],
                   ["band notes", s.band.telemetry.notes], ["within ±2 ms", s.band.telemetry.within_2ms]);
+        showHarmony(s.band.harmony);
       }
       const list = $("telemetry-list");
       list.textContent = "";
