@@ -37,6 +37,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     accompany.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     accompany.set_defaults(func=run_bench_accompany)
 
+    soak = subparsers.add_parser(
+        "bench-soak", help="a long session against the daemon in its own process: memory per minute, answers, "
+        "lateness, hanging notes",
+    )
+    soak.add_argument("--minutes", type=float, default=10.0, help="length of the session (default 10)")
+    soak.add_argument("--mode", choices=("call", "accompany", "looper"), default="call")
+    soak.add_argument("--model", help="exported model folder (default: the shipped model)")
+    soak.add_argument("--bpm", type=float, default=120.0)
+    soak.add_argument("--phrase-s", type=float, default=6.0, help="call mode: a phrase every N s (default 6)")
+    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--daemon-log", metavar="FILE", help="the daemon's output goes here")
+    soak.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
+    soak.set_defaults(func=run_bench_soak)
+
 
 def run_bench(args: argparse.Namespace) -> int:
     from musebot.bench.realtime import run_realtime_bench
@@ -54,6 +68,12 @@ def run_bench_accompany(args: argparse.Namespace) -> int:
     from musebot.bench.accompany import run_accompany_bench
 
     return report(run_accompany_bench(args), args.json)
+
+
+def run_bench_soak(args: argparse.Namespace) -> int:
+    from musebot.bench.soak import run_soak
+
+    return report(run_soak(args), args.json)
 
 
 def report(figures: dict, path: str | None) -> int:
