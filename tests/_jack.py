@@ -18,7 +18,7 @@ import pytest
 
 from musebot.realtime.clock import now
 from musebot.realtime.io.poller import MidiPoller
-from musebot.realtime.io.system import start_dummy_jack
+from musebot.realtime.io.system import forget_jack_server, start_dummy_jack, stop_dummy_jack
 
 JACKD = shutil.which("jackd")
 requires_jackd = pytest.mark.skipif(JACKD is None, reason="jackd is not installed (apt install jackd2)")
@@ -35,18 +35,19 @@ class JackServer:
         self.process = start_dummy_jack(self.name)
 
     def kill(self) -> None:
+        """SIGKILL (a crash): nothing of JACK's own cleanup runs, so ours removes its shared-memory entries."""
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
+        self.forget()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process:
+            stop_dummy_jack(self.process, self.name)
+
+    def forget(self) -> list[str]:
+        """Remove this (dead) server's socket, semaphores and JACK shm registry entries, by name and pid."""
+        return forget_jack_server(self.name, self.process.pid) if self.process else []
 
 
 @contextmanager

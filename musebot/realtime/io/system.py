@@ -106,6 +106,135 @@ def start_dummy_jack(server: str, rate: int = 48000, period: int = 64, timeout: 
     return process
 
 
+SHM_DIR = Path("/dev/shm")
+_REGISTRY = SHM_DIR / "jack-shm-registry"
+_REGISTRY_SEMAPHORE_KEY = 0x282929  # JACK2's System V semaphore that locks the registry (common/shm.c)
+_MAX_SERVERS, _MAX_SHM_ID = 8, 256
+_HEADER, _SERVER_ENTRY, _SHM_ENTRY = 24, 264, 268  # jack_shm_header_t fields, jack_shm_server_t, registry entry
+
+
+def forget_jack_server(server: str, pid: int) -> list[str]:
+    """Remove what the dead ``jackd -n server`` (process ``pid``) left in JACK2's shared memory: its slot in
+    the registry's server table (8 slots: stale ones end in "Too many servers already active"), its
+    registered segments (``/dev/shm/jack-UID-N``, often 100 MB), its socket and its clients' semaphores.
+    Only that server's entries, and only once ``pid`` is gone. Returns what was removed."""
+    import mmap
+    import struct
+
+    try:
+        os.kill(pid, 0)
+        return []  # still running (or the pid was reused): not ours to touch
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return []
+    uid = os.getuid()
+    removed = []
+    for path in [*SHM_DIR.glob(f"jack_{server}_{uid}_*"), *SHM_DIR.glob(f"jack_sem.{uid}_{server}_*")]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path.name)
+    prefix = f"jack-{uid}:{server}:".encode()
+    try:
+        fd = os.open(_REGISTRY, os.O_RDWR)
+        if os.fstat(fd).st_size < _HEADER:
+            os.close(fd)
+            return removed
+    except OSError:
+        return removed
+    with _registry_lock(), contextlib.closing(mmap.mmap(fd, 0)) as reg:
+        os.close(fd)
+        magic, _, _, _, hdr_len, entry_len = struct.unpack_from("=IHxxiiii", reg, 0)
+        layout = (magic, hdr_len, entry_len, len(reg) >= hdr_len + _MAX_SHM_ID * entry_len)
+        if layout != (0x4A41434B, _HEADER + _MAX_SERVERS * _SERVER_ENTRY, _SHM_ENTRY, True):
+            log.debug("JACK shm registry of an unknown layout: left alone")
+            return removed
+        for i in range(_MAX_SERVERS):
+            at = _HEADER + i * _SERVER_ENTRY
+            slot_pid, name = struct.unpack_from("=i", reg, at)[0], reg[at + 4:at + 4 + 257].split(b"\0")[0]
+            if slot_pid == pid and name == prefix:
+                reg[at:at + _SERVER_ENTRY] = bytes(_SERVER_ENTRY)
+                removed.append(f"registry server {server}")
+        for i in range(_MAX_SHM_ID):
+            at = hdr_len + i * entry_len
+            allocator = struct.unpack_from("=i", reg, at + 4)[0]
+            if allocator != pid:
+                continue
+            segment = reg[at + 12:at + 12 + 255].split(b"\0")[0].decode(errors="replace").lstrip("/")
+            if segment.startswith(f"jack-{uid}-"):
+                with contextlib.suppress(OSError):
+                    (SHM_DIR / segment).unlink()
+                    removed.append(segment)
+            reg[at + 4:at + entry_len] = bytes(entry_len - 4)  # allocator, size, id; the index stays
+    return removed
+
+
+def registered_jack_servers() -> list[tuple[int, str]]:
+    """``(pid, "jack-UID:NAME:")`` of every server in JACK2's shm registry, dead or alive (for checks)."""
+    import struct
+
+    try:
+        data = _REGISTRY.read_bytes()
+    except OSError:
+        return []
+    servers = []
+    for i in range(_MAX_SERVERS):
+        at = _HEADER + i * _SERVER_ENTRY
+        if len(data) < at + _SERVER_ENTRY:
+            break
+        pid = struct.unpack_from("=i", data, at)[0]
+        if pid:
+            servers.append((pid, data[at + 4:at + 4 + 257].split(b"\0")[0].decode(errors="replace")))
+    return servers
+
+
+@contextlib.contextmanager
+def _registry_lock(timeout: float = 2.0):
+    """JACK2's registry lock (a System V semaphore, SEM_UNDO so a crash releases it); no lock if absent."""
+    import ctypes
+    import time
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        semid = libc.semget(_REGISTRY_SEMAPHORE_KEY, 0, 0)
+    except (OSError, AttributeError):
+        semid = -1
+    if semid < 0:
+        yield
+        return
+
+    class SemBuf(ctypes.Structure):
+        _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short)]
+
+    ipc_nowait, sem_undo = 0o4000, 0x1000
+    end = time.monotonic() + timeout
+    locked = False
+    while not locked and time.monotonic() < end:
+        locked = libc.semop(semid, ctypes.byref(SemBuf(0, -1, ipc_nowait | sem_undo)), 1) == 0
+        if not locked:
+            time.sleep(0.01)
+    try:
+        yield
+    finally:
+        if locked:
+            libc.semop(semid, ctypes.byref(SemBuf(0, 1, sem_undo)), 1)
+
+
+def stop_dummy_jack(process, server: str, timeout: float = 5.0) -> None:
+    """Stop a server from :func:`start_dummy_jack` (SIGTERM, then SIGKILL) and remove what it left in
+    shared memory (:func:`forget_jack_server`), whether it was stopped here or died before."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    forget_jack_server(server, process.pid)
+
+
 @contextlib.contextmanager
 def benchmark_jack(server: str | None, prefix: str):
     """The JACK server a benchmark talks to: ``server`` when given (already running), else a private dummy
@@ -122,8 +251,7 @@ def benchmark_jack(server: str | None, prefix: str):
         yield server
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(5)
+            stop_dummy_jack(process, server)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
