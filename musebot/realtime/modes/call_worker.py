@@ -55,6 +55,9 @@ MAX_GAP_STEPS = 32  # an answer never pauses more than 2 beats between onsets (s
 MAX_DURATION_STEPS = 64  # nor holds a note longer than 4 beats
 PIANO_RANGE = (21, 108)  # A0..C8: answers stay on the keyboard the musician plays
 MAX_CALL_MESSAGES = 2048  # a call longer than this is not read again on the tracked grid (bounded memory)
+# Events of context the model keeps; past it the oldest quarter leaves (one prefill while the musician plays).
+# Without a bound the session's whole history stayed in the cache: memory and step time grew for hours.
+MAX_CONTEXT_EVENTS = 768
 
 
 @dataclass
@@ -94,6 +97,7 @@ class WorkerStats:
     late_rows: int = 0  # answer rows generated after their onset had passed
     key_changes: int = 0  # times a key-normalised model's transposition followed the musician
     regrids: int = 0  # calls whose rows changed when read again on the tracked beat
+    trims: int = 0  # times the oldest quarter of the context left it (MAX_CONTEXT_EVENTS)
 
     @property
     def headroom(self) -> float:
@@ -357,6 +361,24 @@ class ModelAnswerer(Answerer):
         self.engine.append(self.engine.vocab.transpose_rows(np.asarray(rows, np.int64), self.shift))
         self._committed = self.engine.n_events
         self.stats.prefill_rows += len(rows)
+        self._trim_context()
+
+    def _trim_context(self) -> None:
+        """Past ``MAX_CONTEXT_EVENTS`` the oldest quarter of the context leaves it: the engine restarts from
+        BOS and the newest rows (its history and cache are then bounded however long the session)."""
+        if self._committed <= MAX_CONTEXT_EVENTS:
+            return
+        drop = self._committed - MAX_CONTEXT_EVENTS * 3 // 4  # rows 1..drop-1 go; row 0 is BOS
+        rows = self.engine.rows[0, drop:self._committed]
+        self.engine.reset()
+        self.engine.append(np.concatenate([[self.engine.vocab.special_row(self.engine.vocab.bos_id)], rows]))
+        self._committed = self.engine.n_events
+        self.stats.trims += 1
+        call = self._call
+        if call is not None:
+            call.committed -= drop - 1
+            if call.committed < 1:  # the call began before the kept rows: it is not read again
+                call.overflow, call.messages = True, []
 
     def _change_shift(self, shift: int) -> None:
         """The musician moved to another key: the context is re-read in the new transposition (one prefill,

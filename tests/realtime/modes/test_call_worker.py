@@ -175,3 +175,28 @@ def test_a_key_normalised_model_hears_the_musician_in_c_and_answers_in_their_key
         assert session.out.ledger.sounding() == []
     finally:
         session.close()
+
+
+def test_a_long_session_keeps_the_context_bounded_and_goes_on_answering(model_dir, monkeypatch):
+    # An hour of calls in miniature: past the bound the oldest quarter of the context leaves it, so the
+    # engine's cache and history stop growing, and the next call is answered as before.
+    from musebot.realtime.modes import call_worker
+
+    monkeypatch.setattr(call_worker, "MAX_CONTEXT_EVENTS", 24)
+    session = Session(model_dir)
+    try:
+        answered = []
+        for _ in range(5):
+            before = len(session.answer())
+            release = session.play(start=now())
+            session.run_until(release + SILENCE_S + 1.2)
+            answered.append(len(session.answer()) - before)
+        worker = session.answerer
+        assert worker.stats.trims >= 2
+        assert all(answered), f"a call went unanswered: {answered}"
+        engine = worker.engine
+        # BOS first, then at most the bound plus one call and one answer (each under 8 beats of notes).
+        assert engine.rows[0, 0, 0] == engine.vocab.bos_id
+        assert engine.n_events <= 24 + len(SCALE) + 2 * call_worker.MAX_GAP_STEPS + worker.config.speculate_events
+    finally:
+        session.close()
