@@ -58,6 +58,12 @@ MAX_CALL_MESSAGES = 2048  # a call longer than this is not read again on the tra
 # Events of context the model keeps; past it the oldest quarter leaves (one prefill while the musician plays).
 # Without a bound the session's whole history stayed in the cache: memory and step time grew for hours.
 MAX_CONTEXT_EVENTS = 768
+# A model slower than the music plans its answers with this share of its measured rate (a step's time
+# varies), and starts an answer at most this many beats late to have enough generated ahead.
+RATE_SAFETY = 0.8
+MAX_START_DELAY_BEATS = 1.0
+MIN_RATE_EVENTS, MIN_RATE_MUSIC_S = 16, 2.0  # the rate is planned with once this much was generated
+LATE_MARGIN_S = 0.003  # a note whose onset is nearer than this when generated is dropped, never sent late
 
 
 @dataclass
@@ -98,6 +104,9 @@ class WorkerStats:
     key_changes: int = 0  # times a key-normalised model's transposition followed the musician
     regrids: int = 0  # calls whose rows changed when read again on the tracked beat
     trims: int = 0  # times the oldest quarter of the context left it (MAX_CONTEXT_EVENTS)
+    dropped: int = 0  # answer notes generated too late to sound on time: not sent
+    delayed_answers: int = 0  # answers started late so that generation stays ahead of them
+    shortened_answers: int = 0  # answers cut to what a slow model can generate before it is played
 
     @property
     def headroom(self) -> float:
@@ -147,6 +156,7 @@ class ModelAnswerer(Answerer):
         self._first_message = True
         self._call: _Call | None = None
         self._call_begins = False  # a phrase began: the next message opens its _Call
+        self._warned_slow = False  # "slower than the music" is logged once
         engine.reset()
         engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
         self._committed = engine.n_events
@@ -206,7 +216,9 @@ class ModelAnswerer(Answerer):
         stats = self.stats
         headroom = stats.headroom
         return {"events": stats.events, "answers": stats.answers, "late_rows": stats.late_rows,
-                "rollbacks": stats.rollbacks, "headroom": round(headroom, 3) if math.isfinite(headroom) else None}
+                "rollbacks": stats.rollbacks, "headroom": round(headroom, 3) if math.isfinite(headroom) else None,
+                "behind": headroom < 1.0, "dropped": stats.dropped, "delayed_answers": stats.delayed_answers,
+                "shortened_answers": stats.shortened_answers, "context_trims": stats.trims}
 
     def busy(self) -> bool:
         return self._busy
@@ -453,6 +465,7 @@ class ModelAnswerer(Answerer):
             step = self._ahead_steps[i]
             if answer.first_step is None:
                 answer.first_step = step
+                self._fit_answer(answer, step)
                 # Follow: the answer's beats are the musician's (its first note keeps its place in the beat).
                 follow = self.config.tempo == "follow"
                 answer.origin_step = step - step % STEPS_PER_BEAT if follow else step
@@ -463,13 +476,50 @@ class ModelAnswerer(Answerer):
             event = self.tokenizer.row_to_event(self._ahead[i])
             _, _, _, _, _channel, pitch, velocity, duration = event
             end = min(onset + duration / self._steps_per_s, answer.due + answer.length_s)
-            if onset < now():
-                self.stats.late_rows += 1
-            notes.append((onset, end, min(127, max(0, pitch - self.shift)), velocity))
-            answer.onsets.append(onset)
+            answer.onsets.append(onset)  # in the context either way: the rows after it follow from it
             answer.next_index += 1
+            if onset < now() + LATE_MARGIN_S:
+                # Generated too late to sound on time: dropped (and counted), never sent late in a bunch.
+                self.stats.late_rows += 1
+                self.stats.dropped += 1
+                continue
+            notes.append((onset, end, min(127, max(0, pitch - self.shift)), velocity))
         if notes:
             self.slot.play(answer.answer_id, notes)
+
+    def _fit_answer(self, answer: _Answer, first_step: int) -> None:
+        """Plan the answer with the measured generation rate, so that it never stalls mid-phrase.
+
+        ``rate`` is music seconds generated per second of compute (the headroom, with a safety share).
+        Below 1, what is not yet generated when the answer starts is generated more slowly than it is
+        played; the point ``x`` seconds into the answer is ready ``(x - ahead) / rate`` after now and due
+        ``slack + delay + x`` after now. So the start is delayed (up to ``MAX_START_DELAY_BEATS``) and the
+        answer cut to the length whose end is still ready in time."""
+        stats = self.stats
+        if stats.events < MIN_RATE_EVENTS or stats.music_s < MIN_RATE_MUSIC_S:
+            return  # too little measured yet to plan with
+        headroom = stats.headroom
+        if headroom * RATE_SAFETY >= 1.0:
+            return
+        if not self._warned_slow:
+            self._warned_slow = True
+            log.warning("engine worker: the model generates %.2f s of music per s of compute, slower than it "
+                        "is played: answers start later or are shorter so that none stalls", headroom)
+        rate = max(headroom * RATE_SAFETY, 1e-3)
+        ahead_s = (self._ahead_steps[-1] - first_step) / self._steps_per_s if self._ahead_steps else 0.0
+        length = answer.length_s
+        slack = max(0.0, answer.due - now())
+        delay = min(max(0.0, (length - ahead_s) / rate - length - slack),
+                    MAX_START_DELAY_BEATS * STEPS_PER_BEAT / self._steps_per_s)
+        if delay > 0:
+            answer.due += delay
+            self.stats.delayed_answers += 1
+        fits = (delay + slack + ahead_s / rate) / (1.0 / rate - 1.0)
+        if fits < length:
+            answer.length_s = max(fits, ahead_s)
+            self.stats.shortened_answers += 1
+        log.debug("answer %d: %.2f s ahead, start %.0f ms later, %.2f of %.2f s", answer.answer_id, ahead_s,
+                  delay * 1e3, answer.length_s, length)
 
     def _finish_answer(self, t: float) -> None:
         """The answer is over at ``t``: rows of notes that started before ``t`` join the context."""
