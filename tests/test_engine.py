@@ -55,9 +55,19 @@ def prompt(reference) -> np.ndarray:
     return np.array(reference["prompt"][:64], np.int64)
 
 
+@pytest.fixture(scope="session", params=["reference", "inplace"])
+def load(request, model_dir, reference_dir):
+    """Opens an engine on the exported reference pair, or on the same weights' in-place engine graphs."""
+    if request.param == "reference":
+        return lambda window=None: Engine.load(model_dir, provider="cpu", window=window)
+    from tests.test_engine_inplace import inplace_engine
+
+    return lambda window=None: inplace_engine(reference_dir / "sky_shared", model_dir, window)
+
+
 @pytest.fixture(scope="session")
-def engine(model_dir) -> Engine:
-    return Engine.load(model_dir, provider="cpu")
+def engine(load) -> Engine:
+    return load()
 
 
 @pytest.fixture
@@ -96,7 +106,7 @@ def test_cached_and_uncached_logits_agree_over_prompt_and_64_generated_events(fr
         np.testing.assert_allclose(logits, expected, atol=TOL)
 
 
-def test_rollback_then_append_equals_a_fresh_prefill(fresh, prompt, model_dir):
+def test_rollback_then_append_equals_a_fresh_prefill(fresh, prompt, load):
     fresh.generate(20, WIDE, MaskTable(fresh.vocab, NO_EOS), np.random.default_rng(0))
     assert fresh.n_events == 84
     fresh.rollback(40)
@@ -107,7 +117,7 @@ def test_rollback_then_append_equals_a_fresh_prefill(fresh, prompt, model_dir):
     row = fresh.sample_event(WIDE, None, rng_a, keep_logits=True)
     logits = fresh.last_logits
 
-    again = Engine.load(model_dir, provider="cpu")
+    again = load()
     expected_hidden = again.append(np.concatenate([prompt[:40], other]))
     expected_row = again.sample_event(WIDE, None, rng_b, keep_logits=True)
     np.testing.assert_allclose(hidden, expected_hidden, atol=TOL)
@@ -121,8 +131,8 @@ def test_rollback_refuses_to_go_forward(fresh):
         fresh.rollback(65)
 
 
-def test_window_slides_past_its_limit_keeping_bos(model_dir, prompt):
-    small = Engine.load(model_dir, provider="cpu", window=32)
+def test_window_slides_past_its_limit_keeping_bos(load, prompt):
+    small = load(window=32)
     small.append(prompt[:20])
     small.generate(40, WIDE, MaskTable(small.vocab, NO_EOS), np.random.default_rng(1))
     assert small.n_events == 60
@@ -144,8 +154,8 @@ def test_window_slides_past_its_limit_keeping_bos(model_dir, prompt):
     assert small.n_events == 127 and small.context_length <= 32
 
 
-def test_slide_can_be_asked_for_at_a_quiet_moment(model_dir, prompt):
-    engine = Engine.load(model_dir, provider="cpu", window=32)
+def test_slide_can_be_asked_for_at_a_quiet_moment(load, prompt):
+    engine = load(window=32)
     engine.append(prompt[:30])
     assert engine.slide() and engine.context_length == engine.slide_keep == 24
     assert not engine.slide()  # nothing more to drop
@@ -153,8 +163,8 @@ def test_slide_can_be_asked_for_at_a_quiet_moment(model_dir, prompt):
     np.testing.assert_allclose(engine.hidden, engine.hidden_uncached(context[None])[:, -1], atol=TOL)
 
 
-def test_smallest_window_keeps_bos_and_the_last_event(model_dir, prompt):
-    engine = Engine.load(model_dir, provider="cpu", window=2)
+def test_smallest_window_keeps_bos_and_the_last_event(load, prompt):
+    engine = load(window=2)
     engine.append(prompt[:3])
     engine.generate(4, WIDE, NO_EOS, np.random.default_rng(0))
     assert engine.context_length == 2

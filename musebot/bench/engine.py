@@ -207,6 +207,8 @@ def weight_bytes(path: Path, gathered_rows: int) -> int:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     gathered = {node.input[0] for node in graph.node if node.op_type == "Gather"}
+    # GroupQueryAttention reads the rows of its cos/sin tables at the new positions only.
+    gathered |= {name for node in graph.node if node.op_type == "GroupQueryAttention" for name in node.input[7:9]}
     total = 0
     for tensor in graph.initializer:
         size = int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from musebot.engine.inplace import INPLACE_MARK, InPlaceRunner
 from musebot.engine.masks import Constraints, MaskTable, time2_of
 from musebot.engine.precision import (
     BASE_GRAPH,
@@ -128,6 +129,11 @@ class Engine:
         self.runner = runner
         max_positions = int(config.get("net_config", {}).get("max_position_embeddings", DEFAULT_WINDOW))
         self.window = int(window or max_positions)
+        limit = getattr(runner, "max_positions", None)
+        if limit is not None and self.window > limit:
+            # In-place graphs carry a rotary table of the model's positions: a longer context cannot be encoded.
+            log.warning("window %d clamped to the graphs' %d positions", self.window, limit)
+            self.window = limit
         if self.window < 2:
             raise ValueError(f"window must hold at least 2 events, got {self.window}")
         self.batch = 1
@@ -188,8 +194,13 @@ class Engine:
             raise ModelLoadError(f"{graphs}: onnxruntime cannot load the graphs ({exc})") from exc
         if io_binding is None:
             io_binding = provider == "cuda"
-        if io_binding:
-            runner: CpuRunner = BoundRunner(base, token, config, device=provider)
+        runner: CpuRunner
+        if any(i.name == INPLACE_MARK for i in base.get_inputs()):
+            if provider != "cpu":
+                raise ModelLoadError(f"{graphs}: graphs with in-place caches run on the CPU provider only")
+            runner: CpuRunner = InPlaceRunner(base, token, config)
+        elif io_binding:
+            runner = BoundRunner(base, token, config, device=provider)
         else:
             runner = CpuRunner(base, token, config)
         engine = cls(runner, config, window=window, provider=provider)
@@ -314,9 +325,7 @@ class Engine:
             return
         keep_in_context = n_events - self._ctx_start
         if n_events > 0 and keep_in_context >= 1 and (self._ctx_start == 0 or self._pinned):
-            length = int(self._pinned) + keep_in_context
-            arrays = self.runner.to_numpy(self._past)
-            self._past = self.runner.from_numpy([a[:, :, :length] for a in arrays])
+            self._past = self.runner.truncate(self._past, int(self._pinned) + keep_in_context)
             self._history.truncate(n_events)
         else:
             # The target is older than the slid context: rebuild the window that ends there.
@@ -368,7 +377,7 @@ class Engine:
         per_branch_rng = not isinstance(rng, np.random.Generator)
         row = np.full((batch, 8), vocab.pad_id, np.int64)
         live = list(range(batch))  # branches still sampling this event
-        token_past = self.runner.empty(self.runner.token_shape, batch)
+        token_past = self.runner.token_cache(batch)
         states = self.hidden[:, None, :]
         x = np.zeros((batch, 0), np.int64)
         kept = []

@@ -102,6 +102,14 @@ class CpuRunner:
         logits = out[0] if self.sliced or ids is None else out[0][..., ids]
         return logits, out[1:]
 
+    def token_cache(self, batch: int) -> list:
+        """An empty token-model cache for one event."""
+        return self.empty(self.token_shape, batch)
+
+    def truncate(self, past: list, length: int) -> list:
+        """The cache of the first ``length`` positions (a rollback)."""
+        return self.from_numpy([a[:, :, :length] for a in self.to_numpy(past)])
+
     # Cache surgery (rare: rollback, branching) goes through numpy on every backend.
     def to_numpy(self, past: list) -> list[np.ndarray]:
         return past

@@ -5,7 +5,8 @@ reference's input/output names, dtypes and dynamic axes, metadata ``config_name`
 ``config.json`` beside them (the HF config with the tokenizer dict, and an ``onnx`` section giving the
 engine the cache geometry). Unlike the reference we also write musebot's engine graphs in other precisions,
 one folder each (``int8/``, ``int4/``: MatMulNBits weight-only blocks for the CPU; ``fp16/`` for CUDA), under
-the same file names; their token graph scores only the vocabulary rows it is asked for (``head_ids``).
+the same file names; their token graph scores only the vocabulary rows it is asked for (``head_ids``), and
+the CPU ones keep their KV caches in preallocated buffers updated in place (``musebot.export.inplace``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from musebot.engine.inplace import INPLACE_MARK
 from musebot.export.graphs import BaseGraph, SlicedTokenGraph, TokenGraph, kv_names
+from musebot.export.inplace import build_inplace_graphs
 from musebot.export.quantize import BITS, quantize_nbits
 from musebot.models.config import MIDIModelConfig
 from musebot.models.model import MIDIModel
@@ -175,7 +178,7 @@ class OnnxPair:
         self.vocab_size = int(net_token.get("vocab_size", 0))
 
     @staticmethod
-    def _call(session, feed: dict[str, np.ndarray], past: list[np.ndarray] | None, batch: int):
+    def _call(session, feed: dict[str, np.ndarray], past: list[np.ndarray] | None, batch: int, added: int):
         names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
         if past is None:
             past = []
@@ -184,12 +187,19 @@ class OnnxPair:
                     heads, head_dim = meta.shape[1], meta.shape[3]
                     dtype = np.float16 if meta.type == "tensor(float16)" else np.float32
                     past.append(np.zeros((batch, heads, 0, head_dim), dtype))
+        if any(i.name == INPLACE_MARK for i in session.get_inputs()):
+            # An in-place engine graph: past buffers with room for the new positions, and their count. Fed
+            # without IO binding, its present is a new buffer whose every position is valid.
+            total = past[0].shape[2] + added
+            past = [np.pad(a, ((0, 0), (0, 0), (0, added), (0, 0))) for a in past]
+            feed = {**feed, INPLACE_MARK: np.full(batch, total - 1, np.int32),
+                    "total_sequence_length": np.array(total, np.int32)}
         outputs = session.run(None, {**feed, **dict(zip(names, past))})
         return outputs[0], outputs[1:]
 
     def base_step(self, x: np.ndarray, past: list[np.ndarray] | None = None):
         """x ``(B, L, 8)`` int64 -> hidden ``(B, L, H)``, present list."""
-        return self._call(self.base, {"x": x.astype(np.int64)}, past, x.shape[0])
+        return self._call(self.base, {"x": x.astype(np.int64)}, past, x.shape[0], x.shape[1])
 
     def token_step(self, hidden: np.ndarray, x: np.ndarray, past: list[np.ndarray] | None = None):
         """hidden ``(B, S, H)``, x ``(B, T)`` int64 -> logits ``(B, S + T, V)``, present list.
@@ -202,7 +212,7 @@ class OnnxPair:
             vocab = self.token.get_outputs()[0].shape[2]
             vocab = vocab if isinstance(vocab, int) else self.vocab_size
             feed["head_ids"] = np.arange(vocab, dtype=np.int64)
-        return self._call(self.token, feed, past, x.shape[0])
+        return self._call(self.token, feed, past, x.shape[0], hidden.shape[1] + x.shape[1])
 
 
 def verify(model: MIDIModel, folder: Path, seed: int = 0, prompt_len: int = 24, steps: int = 3) -> dict:
@@ -280,9 +290,13 @@ def export_pair(model: MIDIModel, out: Path, precision: str, engine: bool, check
     started = time.perf_counter()
     if precision in BITS:
         with tempfile.TemporaryDirectory() as tmp:
-            io_names = export_graphs(model, Path(tmp), sliced=engine)
+            if engine:  # caches updated in place (GroupQueryAttention), the head gathered per call
+                io_names = build_inplace_graphs(model, Path(tmp), metadata)
+            else:
+                io_names = export_graphs(model, Path(tmp), sliced=False)
+                for name in (BASE_FILE, TOKEN_FILE):
+                    _set_metadata(Path(tmp) / name, metadata)
             for name in (BASE_FILE, TOKEN_FILE):
-                _set_metadata(Path(tmp) / name, metadata)
                 quantize_nbits(Path(tmp) / name, out / name, precision)
     else:
         io_names = export_graphs(model, out, torch.float16 if precision == "fp16" else torch.float32, engine)

@@ -1,0 +1,131 @@
+"""Running musebot's in-place engine graphs (``musebot.export.inplace``): caches that never move.
+
+Each cache is a set of preallocated ``(B, kv_heads, capacity, head_dim)`` buffers and a count of valid
+positions. A call binds every ``present.*`` output to the buffer it got as ``past_key_values.*``, so ONNX
+Runtime's ``GroupQueryAttention`` writes the new positions in place; the binding is made once per cache and
+only the small inputs (ids, the count) are bound per call. Rolling back is lowering the count; a cache grows
+by doubling (one copy) when a call would pass its capacity. On the CPU the buffers are numpy arrays that the
+OrtValues wrap without a copy, so cache surgery (branching) reads them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from musebot.engine.runners import CpuRunner, GraphShape
+
+MIN_CAPACITY = 64
+INPLACE_MARK = "seqlens_k"  # the graph input that tells an in-place pair from the reference interface
+
+
+class InPlaceCache:
+    """The buffers of one KV cache, ``length`` valid positions, and the IO binding that runs on them."""
+
+    def __init__(self, arrays: list[np.ndarray], length: int = 0) -> None:
+        self.arrays = arrays
+        self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]  # views of ``arrays`` on the CPU
+        self.length = length
+        self.binding: Any = None
+
+    @property
+    def capacity(self) -> int:
+        return self.arrays[0].shape[2] if self.arrays else 0
+
+    @property
+    def batch(self) -> int:
+        return self.arrays[0].shape[0]
+
+
+class InPlaceRunner(CpuRunner):
+    """Runs graphs with ``seqlens_k``/``total_sequence_length`` inputs over ``InPlaceCache`` objects (CPU)."""
+
+    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any]) -> None:
+        super().__init__(base, token, config)
+        self.max_positions = int(config.get("net_config", {}).get("max_position_embeddings", 4096))
+        self._token_caches: dict[int, InPlaceCache] = {}
+        self._totals = [np.array(n, np.int32) for n in range(self.max_positions + 1)]
+
+    def empty(self, shape: GraphShape, batch: int, capacity: int = 0) -> InPlaceCache:  # type: ignore[override]
+        size = (batch, shape.heads, capacity, shape.head_dim)
+        return InPlaceCache([np.zeros(size, shape.dtype) for _ in range(2 * shape.layers)])
+
+    def token_cache(self, batch: int) -> InPlaceCache:
+        """The token model's cache for one event, reused across events (emptied, never reallocated)."""
+        cache = self._token_caches.get(batch)
+        if cache is None:
+            cache = self._token_caches[batch] = self.empty(self.token_shape, batch, 2 * 8)
+        cache.length = 0
+        return cache
+
+    def _room(self, cache: InPlaceCache, shape: GraphShape, needed: int) -> InPlaceCache:
+        if needed <= cache.capacity:
+            return cache
+        if needed > self.max_positions + 8:
+            raise ValueError(f"{needed} positions asked of a graph whose rotary table has {self.max_positions}")
+        grown = self.empty(shape, cache.batch, max(needed, 2 * cache.capacity, MIN_CAPACITY))
+        for new, old in zip(grown.arrays, cache.arrays):
+            new[:, :, : cache.length] = old[:, :, : cache.length]
+        grown.length = cache.length
+        return grown
+
+    def _run(self, session: ort.InferenceSession, cache: InPlaceCache, names: list[str], outputs: list[str],
+             inputs: dict[str, np.ndarray], added: int) -> np.ndarray:
+        binding = cache.binding
+        if binding is None:
+            # Bound once: the first output comes back to numpy, each present is the past buffer itself.
+            binding = cache.binding = session.io_binding()
+            binding.bind_output(outputs[0], "cpu")
+            for name, value in zip(names, cache.values):
+                binding.bind_ortvalue_input(name, value)
+            for name, value in zip(outputs[1:], cache.values):
+                binding.bind_ortvalue_output(name, value)
+        else:
+            binding.bind_output(outputs[0], "cpu")  # a fresh array each call (its shape changes)
+        total = cache.length + added
+        for name, value in inputs.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_cpu_input("seqlens_k", np.full(cache.batch, total - 1, np.int32))
+        binding.bind_cpu_input("total_sequence_length", self._totals[total] if total < len(self._totals)
+                               else np.array(total, np.int32))
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        first = binding.get_outputs()[0].numpy()
+        self.ort_seconds += time.perf_counter() - start
+        self.ort_calls += 1
+        cache.length = total
+        return first
+
+    def run_base(self, x: np.ndarray, past: InPlaceCache) -> tuple[np.ndarray, InPlaceCache]:  # type: ignore[override]
+        past = self._room(past, self.base_shape, past.length + x.shape[1])
+        before = self.ort_seconds
+        hidden = self._run(self.base, past, self.base_past_names, self.base_out, {"x": x}, x.shape[1])
+        self.ort_base_seconds += self.ort_seconds - before
+        return hidden, past
+
+    def run_token(self, hidden: np.ndarray, x: np.ndarray, past: InPlaceCache,  # type: ignore[override]
+                  ids: np.ndarray | None = None) -> tuple[np.ndarray, InPlaceCache]:
+        added = hidden.shape[1] + x.shape[1]
+        past = self._room(past, self.token_shape, past.length + added)
+        feeds = {"hidden": hidden.astype(self.token_shape.dtype, copy=False), "x": x,
+                 "head_ids": self._all_ids if ids is None else ids}
+        return self._run(self.token, past, self.token_past_names, self.token_out, feeds, added), past
+
+    def truncate(self, past: InPlaceCache, length: int) -> InPlaceCache:  # type: ignore[override]
+        past.length = length
+        return past
+
+    def to_numpy(self, past: InPlaceCache) -> list[np.ndarray]:  # type: ignore[override]
+        return [a[:, :, : past.length] for a in past.arrays]
+
+    def from_numpy(self, arrays: list[np.ndarray]) -> InPlaceCache:  # type: ignore[override]
+        length = arrays[0].shape[2]
+        cache = self.empty(GraphShape(len(arrays) // 2, arrays[0].shape[1], arrays[0].shape[3], arrays[0].dtype),
+                           arrays[0].shape[0], max(length, MIN_CAPACITY))
+        for new, old in zip(cache.arrays, arrays):
+            new[:, :, :length] = old
+        cache.length = length
+        return cache

@@ -1,0 +1,148 @@
+"""The engine over graphs whose KV caches are updated in place (``musebot.export.inplace``).
+
+Specifications: the in-place graphs say what the reference pair says (SkyTNT's own numbers at fp32), a step
+writes the new positions into the very buffers it was given and touches nothing before them, the buffers grow
+without changing a result, and rollback, branching and the shipped model use them. The behaviour shared with
+the reference pair (cache = no cache, rollback = fresh prefill, windows, seeds, branches) is specified in
+``tests/test_engine.py``, which runs every such test on both kinds of graphs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from musebot.engine import Constraints, Engine, MaskTable, SamplerSettings
+from musebot.engine.inplace import InPlaceCache, InPlaceRunner
+from musebot.engine.runners import session_options
+
+TOL = 1e-4
+NO_EOS = Constraints(allow_eos=False)
+WIDE = SamplerSettings(temperature=1.3, top_p=1.0, top_k=0)
+SHIPPED = Path(__file__).resolve().parents[1] / "musebot" / "assets" / "model"
+
+
+def inplace_folder(checkpoint: Path, model_dir: Path) -> Path:
+    """fp32 in-place graphs of ``checkpoint`` in ``model_dir/inplace`` (built once per folder)."""
+    folder = model_dir / "inplace"
+    if not (folder / "model_token.onnx").is_file():
+        from musebot.export.inplace import build_inplace_graphs
+        from musebot.models import load_model
+
+        folder.mkdir(exist_ok=True)
+        build_inplace_graphs(load_model(checkpoint).float().eval(), folder, {})
+    return folder
+
+
+def inplace_engine(checkpoint: Path, model_dir: Path, window: int | None = None) -> Engine:
+    """An engine over the fp32 in-place graphs, with ``model_dir``'s config."""
+    folder = inplace_folder(checkpoint, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    base = ort.InferenceSession(str(folder / "model_base.onnx"), session_options(1))
+    token = ort.InferenceSession(str(folder / "model_token.onnx"), session_options(1))
+    return Engine(InPlaceRunner(base, token, config), config, window=window)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, reference_dir) -> Path:
+    from musebot.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("sky_shared_inplace")
+    export_onnx(reference_dir / "sky_shared", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inplace(reference_dir, model_dir) -> Engine:
+    return inplace_engine(reference_dir / "sky_shared", model_dir)
+
+
+@pytest.fixture(scope="module")
+def prompt(reference_dir) -> np.ndarray:
+    with gzip.open(reference_dir / "sky_shared_ref.json.gz", "rt") as f:
+        return np.array(json.load(f)["prompt"][:64], np.int64)
+
+
+def test_inplace_graphs_give_skytnt_reference_numbers(inplace, reference_dir):
+    with gzip.open(reference_dir / "sky_shared_ref.json.gz", "rt") as f:
+        reference = json.load(f)
+    inplace.reset()
+    hidden = inplace.append(np.array(reference["prompt"]))
+    np.testing.assert_allclose(hidden[0], reference["hidden_last"], atol=TOL)
+    logits = inplace.token_logits_uncached(hidden, np.array(reference["next_event"])[None, :7])
+    np.testing.assert_allclose(logits[0], reference["logits"], atol=TOL)
+
+
+def test_inplace_and_reference_pair_score_every_token_alike(inplace, model_dir, prompt):
+    plain = Engine.load(model_dir, provider="cpu")
+    assert isinstance(inplace.runner, InPlaceRunner) and not isinstance(plain.runner, InPlaceRunner)
+    inplace.reset()
+    np.testing.assert_allclose(inplace.append(prompt), plain.append(prompt), atol=TOL)
+    masks = MaskTable(plain.vocab, NO_EOS)
+    for seed in range(12):
+        row = plain.sample_event(WIDE, masks, np.random.default_rng(seed), keep_logits=True)
+        inplace.sample_event(WIDE, masks, np.random.default_rng(seed), keep_logits=True)
+        np.testing.assert_allclose(inplace.last_logits, plain.last_logits, atol=TOL)
+        np.testing.assert_allclose(inplace.append(row[:, None]), plain.append(row[:, None]), atol=TOL)
+
+
+def test_a_step_writes_its_position_into_the_same_buffers_and_nothing_before(inplace, prompt):
+    inplace.reset()
+    inplace.append(prompt[:40])
+    cache: InPlaceCache = inplace._past
+    buffers = [id(a) for a in cache.arrays]
+    before = [a.copy() for a in cache.arrays]
+    inplace.append(prompt[40:41])
+    assert inplace._past is cache and [id(a) for a in cache.arrays] == buffers
+    assert cache.length == 41
+    for old, new in zip(before, cache.arrays):
+        np.testing.assert_array_equal(new[:, :, :40], old[:, :, :40])  # the past is read where it lies
+        assert not np.array_equal(new[:, :, 40], old[:, :, 40])  # the new keys/values were written in place
+
+
+def test_growing_past_the_capacity_changes_no_result(inplace, prompt):
+    inplace.reset()
+    for start, stop in ((0, 30), (30, 31), (31, 63), (63, 64)):  # 64 then 128 positions of room
+        inplace.append(prompt[start:stop])
+    inplace.generate(70, WIDE, NO_EOS, np.random.default_rng(4))
+    assert inplace._past.capacity >= 134 and inplace._past.length == 134
+    np.testing.assert_allclose(inplace._history.hidden, inplace.hidden_uncached(inplace.rows), atol=TOL)
+
+
+def test_rollback_is_a_count_and_the_next_append_overwrites(inplace, prompt):
+    inplace.reset()
+    inplace.append(prompt)
+    first = inplace.generate(10, WIDE, NO_EOS, np.random.default_rng(5))
+    cache = inplace._past
+    inplace.rollback(50)
+    assert inplace._past is cache and cache.length == 50
+    inplace.append(prompt[50:64])
+    again = inplace.generate(10, WIDE, NO_EOS, np.random.default_rng(5))
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(inplace.hidden, inplace.hidden_uncached(inplace.rows)[:, -1], atol=TOL)
+
+
+def test_window_slide_on_inplace_graphs(reference_dir, model_dir, prompt):
+    small = inplace_engine(reference_dir / "sky_shared", model_dir, window=32)
+    small.append(prompt[:20])
+    small.generate(40, WIDE, NO_EOS, np.random.default_rng(1))
+    assert small.n_events == 60 and small.context_length <= 32
+    history = small.rows[0]
+    context = np.concatenate([history[:1], history[60 - (small.context_length - 1):]])
+    np.testing.assert_allclose(small.hidden, small.hidden_uncached(context[None])[:, -1], atol=TOL)
+    small.rollback(25)
+    np.testing.assert_allclose(small.hidden, small.hidden_uncached(history[None, :25])[:, -1], atol=TOL)
+
+
+def test_the_shipped_model_runs_inplace_int8_graphs():
+    engine = Engine.load(SHIPPED, provider="cpu")
+    assert engine.precision == "int8" and isinstance(engine.runner, InPlaceRunner)
+    engine.append(np.array([engine.vocab.special_row(engine.vocab.bos_id)]))
+    rows = engine.generate(16, None, NO_EOS, np.random.default_rng(0))
+    assert rows.shape == (1, 16, 8) and engine._past.length == 17
+    np.testing.assert_allclose(engine._history.hidden, engine.hidden_uncached(engine.rows), atol=1e-3)
