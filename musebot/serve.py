@@ -63,7 +63,14 @@ def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...
     parser.add_argument("--answer", choices=("model", "echo"),
                         help="who answers: the model (default) or echo (plays the call back)")
     parser.add_argument("--bpm", type=float, default=defaults.bpm,
-                        help="tempo that maps seconds to the model's beat grid (default %(default)s)")
+                        help="tempo that maps seconds to the model's beat grid; with --tempo follow the first "
+                        "guess (default %(default)s)")
+    parser.add_argument("--tempo", choices=("follow", "fixed"), default="follow",
+                        help="follow: hear the musician's tempo and beat and answer on them (default); fixed: "
+                        "--bpm is the grid")
+    parser.add_argument("--answer-on", choices=("beat", "bar"), default=defaults.answer_on,
+                        help="with --tempo follow the answer starts on the next beat (default) or downbeat after "
+                        "the silence")
     parser.add_argument("--soundfont", metavar="SF2", help="SoundFont for FluidSynth (default: soundfonts/, "
                         "then /usr/share/sounds/sf2)")
     parser.add_argument("--thru", action="store_true", help="pass the musician's notes to the outputs")
@@ -174,7 +181,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         return value
 
     config = ServeConfig(
-        bpm=args.bpm, silence_beats=args.silence_beats, silence_ms=args.silence_ms,
+        bpm=args.bpm, tempo=args.tempo, answer_on=args.answer_on,
+        silence_beats=args.silence_beats, silence_ms=args.silence_ms,
         answer_beats=args.answer_beats, max_answer_beats=args.max_answer_beats,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         answer_channel=args.answer_channel, thru=args.thru, held_key_timeout_s=args.held_key_timeout,

@@ -90,6 +90,7 @@ class Control:
         return {
             "mode": session.mode,
             "bpm": d.config.bpm,
+            "tempo": session.tempo(),  # in use: followed from the musician or the fixed --bpm
             "answerer": session.name,
             "model": Path(d.options.model).name if d.options.model else None,
             "state": session.state,

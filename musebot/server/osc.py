@@ -2,7 +2,9 @@
 
 Addresses (arguments in brackets; with a token, every message's first argument is the token):
 
-* ``/musebot/panic``, ``/musebot/status`` (replies ``/musebot/status`` with the status as a JSON string)
+* ``/musebot/panic``, ``/musebot/status`` (replies ``/musebot/status`` with the status as a JSON string),
+  ``/musebot/tempo`` (replies ``/musebot/tempo [f s f]``: the bpm in use, ``follow`` or ``fixed``, and the
+  tracker's confidence, -1 when fixed)
 * ``/musebot/mode [s]``, ``/musebot/bpm [f]``, ``/musebot/temperature [f]``, ``/musebot/thru [i]``,
   ``/musebot/answer_beats [f]`` (0: as long as the call), ``/musebot/channel [i]``,
   ``/musebot/pitch_range [i i]``
@@ -132,6 +134,10 @@ class OscControl:
             return "/musebot/ok", address
         if name == "status" and not args:
             return "/musebot/status", json.dumps(self.control.status())
+        if name == "tempo" and not args:
+            tempo = self.control.status()["tempo"]
+            confidence = tempo["confidence"]
+            return "/musebot/tempo", float(tempo["bpm"]), tempo["source"], -1.0 if confidence is None else confidence
         if name not in ("mode", "bpm", "temperature", "thru", "answer_beats", "channel", "pitch_range", "chords",
                         "harmony"):
             raise SettingsError(f"unknown address {address[:80]!r}")

@@ -98,6 +98,13 @@ STATUS_SCHEMA = {
     "properties": {
         "mode": {"type": "string"},
         "bpm": {"type": "number"},
+        "tempo": {
+            "type": "object",
+            "description": "the tempo in use: followed from the musician (--tempo follow, with the tracker's "
+                           "confidence 0..1) or the fixed --bpm",
+            "properties": {"bpm": {"type": "number"}, "source": {"enum": ["follow", "fixed"]},
+                           "confidence": {"type": ["number", "null"]}},
+        },
         "answerer": {"type": "string"},
         "model": {"type": ["string", "null"]},
         "state": {"type": "string"},

@@ -435,7 +435,8 @@
       const tm = s.telemetry, g = tm.generation;
       const rows = [
         ["answerer", s.answerer + (s.model ? ` (${s.model})` : "")], ["state", s.state],
-        ["tempo", `${s.bpm} bpm`],
+        ["tempo", s.tempo && s.tempo.source === "follow"
+          ? `${s.tempo.bpm} bpm (following you, confidence ${fmt(s.tempo.confidence)})` : `${s.bpm} bpm`],
         ["sched. error p50", fmt(tm.scheduling_error_ms.p50, " ms")],
         ["sched. error p99", fmt(tm.scheduling_error_ms.p99, " ms")],
         ["late", tm.late], ["dropped late", tm.dropped_late], ["sent", tm.sent],
