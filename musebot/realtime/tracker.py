@@ -9,7 +9,7 @@ Bounded against a lost message: a key or sustain pedal held longer than ``held_t
 (its note ends there), and All Sound Off / All Notes Off (CC 120/123) from the musician release every key
 and the pedal of their channel at once, so one lost note-off or pedal-up never leaves musebot listening
 forever. The finished notes waiting behind a held key are capped at ``max_finished`` (oldest dropped and
-counted in ``trimmed``).
+counted in ``trimmed``; the list may reach twice that before it is cut).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class NoteTracker:
         self._held: dict[tuple[int, int], tuple[float, int]] = {}
         self._pedal: dict[int, float] = {}  # channel -> time its sustain pedal went down
         self._finished: list[PlayedNote] = []
+        self._earliest = float("inf")  # the earliest onset among the finished notes
         self.orphan_note_offs = 0
         self.held_timeouts = 0  # keys and pedals forgotten after held_timeout_s
         self.trimmed = 0  # finished notes dropped because too many waited behind a held key
@@ -89,10 +90,12 @@ class NoteTracker:
     def _finish(self, key: tuple[int, int], t: float) -> None:
         onset, velocity = self._held.pop(key)
         self._finished.append(PlayedNote(onset, max(t, onset), key[0], key[1], velocity))
-        if len(self._finished) > self.max_finished:  # a key held (timeout off) while thousands are played
+        self._earliest = min(self._earliest, onset)
+        if len(self._finished) > 2 * self.max_finished:  # a key held while thousands are played (amortised)
             excess = len(self._finished) - self.max_finished
             del self._finished[:excess]
             self.trimmed += excess
+            self._earliest = min(n.onset for n in self._finished)
 
     @property
     def anything_held(self) -> bool:
@@ -112,11 +115,16 @@ class NoteTracker:
         """Finished notes that can join the context now, in onset order (see module docstring)."""
         if not self._finished:
             return []
+        # Fast refusal, one check a message in a flood: a key held since before every finished note (the
+        # dict iterates in insertion order, so the oldest held keys come first).
+        if any(onset < self._earliest for onset, _ in self._held.values()):
+            return []
         horizon = min((onset for onset, _ in self._held.values()), default=float("inf"))
         ready = sorted((n for n in self._finished if n.onset <= horizon), key=lambda n: (n.onset, n.pitch))
         if ready:
             kept = set(map(id, ready))
             self._finished = [n for n in self._finished if id(n) not in kept]
+            self._earliest = min((n.onset for n in self._finished), default=float("inf"))
         return ready
 
     def release_all(self, t: float) -> list[PlayedNote]:
