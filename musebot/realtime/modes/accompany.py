@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESCHEDULE_RATIO = 0.01  # a tempo change beyond 1 % re-times notes already fixed (1 % of a beat: 5 ms at 120)
+RATE_WINDOW = 64  # the generation rate is measured over the latest this many events
+MIN_RATE_EVENTS = 16  # and only once this many were generated
 
 
 @dataclass
@@ -95,7 +98,9 @@ class Accompanist(Band):
         self._mask_cache: dict[tuple, PartMasks] = {}  # by (pitch classes, tracks): key changes come back
         self.degraded = False
         self.plan_stats = {"replans": 0, "events": 0, "guess_hits": 0, "guess_misses": 0, "compute_s": 0.0,
-                           "behind": 0, "capped": 0}
+                           "behind": 0, "capped": 0, "music_s": 0.0, "replayed_bars": 0}
+        self._rate: deque[tuple[float, float]] = deque(maxlen=RATE_WINDOW)  # (compute s, music s) per event
+        self._plan_began = 0.0  # the playhead (grid steps) when the current plan started
         self._last_step = 0  # grid step of the last row in the engine (context or plan)
         self._rng = np.random.default_rng(config.seed)
         self._stopped_seen = False
@@ -160,6 +165,8 @@ class Accompanist(Band):
             self._drop_plan()
         self._commit(playhead)
         end = self._last_step if self._plan_rows else self._context_end()
+        if self.degraded and end < playhead + self.band.commit_beats * STEPS_PER_BEAT and self._replay_bar(playhead):
+            return
         if end < playhead + horizon:
             self.wait_for_quiet(self._step_s * 1.5)
             self._generate_one()
@@ -173,7 +180,8 @@ class Accompanist(Band):
         stands); a jump back (start from bar 1,
         song position) starts a new context."""
         tb = self.timebase
-        if self.committed and playhead < self.committed[-1].step - 4 * STEPS_PER_BEAT:
+        ahead = (4 + self.band.commit_beats + self.timebase.meter.bar_beats) * STEPS_PER_BEAT  # a replayed bar
+        if self.committed and playhead < self.committed[-1].step - ahead:
             log.info("accompany: the clock went back to beat %.1f; a new context starts", playhead / STEPS_PER_BEAT)
             self.retract()
             self.committed = []
@@ -245,6 +253,8 @@ class Accompanist(Band):
                 self.plan_stats["guess_hits"] += 1
                 self._plan.remove(guess)
                 return
+        if self.degraded:
+            return  # no guesses when behind: the plan stands (a re-plan would start from behind again)
         self.plan_stats["guess_misses"] += 1
         self._drop_plan()
 
@@ -380,6 +390,7 @@ class Accompanist(Band):
         self._guessed = False
         self._plan = []
         self._rng = np.random.default_rng([self.config.seed, len(self.committed)])
+        self._plan_began = self._now_step()
 
     def _generate_one(self) -> None:
         if self._plan_rows == 0 and not self._plan:
@@ -397,10 +408,14 @@ class Accompanist(Band):
         prev_beat = previous // STEPS_PER_BEAT
         if event is None or event[0] != "note":
             self.engine.rollback(self.engine.n_events - 1)
+            self._rate.append((elapsed, 0.0))
             return
         _, time1, time2, track, channel, pitch, velocity, duration = event
         pitch = self._to_model(pitch, channel, back=True)
         step = max((prev_beat + time1) * STEPS_PER_BEAT + time2, previous)
+        music_s = (step - previous) / STEPS_PER_BEAT * self.timebase.seconds_per_beat
+        self.plan_stats["music_s"] += music_s
+        self._rate.append((elapsed, music_s))
         part = self.part_of_channel.get(channel) if track != MUSICIAN_TRACK else None
         item = _Item(step, track, channel, pitch, velocity, max(1, duration), part.name if part else None)
         self._rows.append(row)
@@ -415,7 +430,12 @@ class Accompanist(Band):
         elif not late:
             self._plan.append(item)
         elif part is not None:
+            # Generated too late to play: never sent late. A note still ahead when this plan began was lost
+            # to the model's speed and is counted as dropped; one already past then only as stale (a
+            # re-plan starts from the latest fixed note, which may be a moment ago).
             self.telemetry.stale += 1
+            if step >= self._plan_began:
+                self.telemetry.dropped += 1
 
     def _crowded(self, item: _Item, polyphony: int) -> bool:
         """Whether the part already strikes ``polyphony`` notes, or this pitch, at the item's onset."""
@@ -423,18 +443,68 @@ class Accompanist(Band):
         same += [i for i in self.committed[-16:] if i.part == item.part and i.step == item.step]
         return len(same) >= polyphony or any(i.pitch == item.pitch for i in same)
 
+    def headroom(self) -> float | None:
+        """Seconds of music generated per second of compute over the latest events (None: too few yet)."""
+        rate = list(self._rate)  # one copy under the interpreter lock: the planner thread appends to it
+        if len(rate) < MIN_RATE_EVENTS:
+            return None
+        compute = sum(c for c, _ in rate)
+        return sum(m for _, m in rate) / compute if compute > 0 else None
+
     def _check_pace(self, playhead: float) -> None:
-        """Degrade when the plan does not reach past the commit horizon; recover when it is well ahead."""
+        """Degrade when the model is measured slower than the music or the plan does not reach past the
+        commit horizon; recover when it is faster again and well ahead. The first time is logged as a
+        warning, later ones at debug level (a slow model would otherwise log every few bars)."""
         end = self._last_step
         commit = playhead + self.band.commit_beats * STEPS_PER_BEAT
-        if not self.degraded and end < commit and self._plan_rows > 8:
+        headroom = self.headroom()
+        slow = headroom is not None and headroom < 1.0
+        if not self.degraded and (slow or (end < commit and self._plan_rows > 8)):
             self.degraded = True
             self.plan_stats["behind"] += 1
-            log.warning("accompany: generation behind the playhead; degraded (no guessing of the musician, "
-                        "%.2f-beat plan)", self.band.min_plan_beats)
-        elif self.degraded and end > playhead + self.band.plan_beats * STEPS_PER_BEAT:
+            level = logging.WARNING if self.plan_stats["behind"] == 1 else logging.DEBUG
+            log.log(level, "accompany: generation behind the music (headroom %s); degraded: no guessing of the "
+                    "musician, %.2f-beat plan, the last bar replayed where nothing is ready",
+                    "?" if headroom is None else f"{headroom:.2f}", self.band.min_plan_beats)
+        elif self.degraded and not slow and end > playhead + self.band.plan_beats * STEPS_PER_BEAT:
             self.degraded = False
-            log.info("accompany: generation ahead again; full planning")
+            log.debug("accompany: generation ahead again; full planning")
+
+    def _replay_bar(self, playhead: float) -> bool:
+        """Behind, with nothing ready for the commit horizon: the part notes of the bar before it (or of
+        the latest of the 4 bars before that held any) are played again a bar (or k bars) later, and the
+        model goes on from their end, a bar ahead. Better than the parts falling silent; True when done."""
+        bar = round(self.timebase.meter.bar_beats * STEPS_PER_BEAT)
+        start = int(playhead + self.band.commit_beats * STEPS_PER_BEAT) + 1
+        for k in range(1, 5):
+            source = [i for i in self.committed
+                      if i.part is not None and start - k * bar <= i.step < start - (k - 1) * bar]
+            if source:
+                break
+        else:
+            return False
+        self._drop_plan()
+        for item in source:
+            again = replace(item, step=item.step + k * bar)
+            self._schedule(again)
+            _insert(self.committed, again)
+        self.plan_stats["replayed_bars"] += 1
+        return True
+
+    def generation(self) -> dict:
+        """The model's figures for the status: events, headroom (recent), behind, dropped, bars replayed."""
+        headroom = self.headroom()
+        return {"events": self.plan_stats["events"], "headroom": None if headroom is None else round(headroom, 3),
+                "behind": self.degraded or (headroom is not None and headroom < 1.0),
+                "dropped": self.telemetry.dropped, "replayed_bars": self.plan_stats["replayed_bars"],
+                "replans": self.plan_stats["replans"]}
+
+    @property
+    def state(self) -> str:
+        """``behind`` while the model cannot keep up (the page and ``/api/status`` show it)."""
+        if self.timebase.running and self.generation()["behind"]:
+            return "behind"
+        return "playing" if self.timebase.running else "stopped"
 
     # ---- fixing notes ---------------------------------------------------------------------------------
     def _commit(self, playhead: float) -> None:
@@ -447,9 +517,11 @@ class Accompanist(Band):
         for item in self._plan:
             if item.step > limit or item.part is None:
                 keep.append(item)
-            elif item.step >= playhead:  # an older one is stale (counted when generated)
+            elif item.step >= playhead:
                 self._schedule(item)
                 _insert(self.committed, item)
+            else:  # its moment passed before the planner came back to it: never sent late
+                self.telemetry.dropped += 1
         self._plan = keep
 
     def _schedule(self, item: _Item) -> None:

@@ -116,7 +116,8 @@ class BandConfig:
 class Telemetry:
     """Planned against sent times of the parts' note-ons, and what never sounded."""
 
-    errors: deque = field(default_factory=lambda: deque(maxlen=200_000))  # sent - planned, seconds
+    # sent - planned (seconds) of the latest part notes: a window, as the scheduler's, not the whole gig
+    errors: deque = field(default_factory=lambda: deque(maxlen=20_000))
     dropped: int = 0  # fixed too late to send on time: not sent
     stale: int = 0  # planned for a time already past when generated (re-planned, never due)
     retracted: int = 0  # fixed, then withdrawn before sounding (key change, stop)
