@@ -196,7 +196,7 @@ def very_fast_and_very_slow(start):
 @pytest.mark.parametrize("call", [one_note, only_chords, two_minute_hold, random_timing, tempo_change,
                                   very_fast_and_very_slow])
 def test_bad_input_gives_a_tempo_in_range_and_an_answer_that_starts(rig, call):
-    duet, out = rig()
+    duet, _ = rig()
     start = now() + 0.5
     notes = call(start)
     release = play(duet, notes)

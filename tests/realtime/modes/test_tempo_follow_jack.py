@@ -1,0 +1,127 @@
+"""Done-when of tempo following, end to end: a JACK musician plays at tempi musebot is not told, the shipped
+model answers, and the answer is in the musician's time.
+
+``musebot serve`` (the Daemon) runs with ``--bpm 120 --tempo follow`` on a private ``jackd -d dummy``; the
+musician, a separate JACK client, plays two bars of eighths and quarters landing on a downbeat, humanised by
+up to +-15 ms, straight or swung, at 72, 96, 104 or 142 bpm. What a listener checks:
+
+* rhythm: the answer's inter-onset intervals are simple fractions of the musician's beat (n/d with d in 1, 2,
+  3, 4, within 6 %) for at least 70 % of them;
+* pulse: its onsets sit on the musician's eighth-note grid (swung: the off-beat eighth two thirds into the
+  beat counts too), median distance at most 0.05 beat.
+
+``--tempo fixed`` keeps the old behaviour: at 96 bpm the answer's notes come on 120 bpm's grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+
+import pytest
+
+from musebot.engine.generate import DEFAULT_MODEL_DIR
+from musebot.realtime.clock import now
+from musebot.realtime.config import ServeConfig
+from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
+from tests.realtime.modes.test_tempo_follow import melody
+
+pytestmark = [pytest.mark.jack, requires_jackd,
+              pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_file(),
+                                 reason="the shipped model is not installed (musebot/assets/model)")]
+
+ANSWER_BEATS = 8
+SIMPLE = sorted({n / d for d in (1, 2, 3, 4) for n in range(1, 4 * d + 1)})
+
+
+@pytest.fixture(scope="module")
+def jack():
+    with jack_server("-tempo") as server:
+        yield server
+
+
+def perform(musician: Musician, notes: list[tuple[float, float, int]]) -> None:
+    """Play ``(onset, release, pitch)`` at their absolute times (sleeping to each deadline)."""
+    events = sorted([(on, 0x90, p, 90) for on, _, p in notes] + [(off, 0x80, p, 0) for _, off, p in notes])
+    for t, status, pitch, velocity in events:
+        wait = t - now()
+        if wait > 0:
+            time.sleep(wait)
+        musician.send(status, pitch, velocity)
+
+
+def answer_onsets(heard, after: float) -> list[float]:
+    """Distinct onsets of the answer (notes closer than 30 ms are one chord)."""
+    onsets: list[float] = []
+    for t, _ in note_ons(heard):
+        if t >= after and (not onsets or t - onsets[-1] > 0.03):
+            onsets.append(t)
+    return onsets
+
+
+def simple_share(onsets: list[float], period: float) -> float:
+    iois = [(b - a) / period for a, b in itertools.pairwise(onsets)]
+    simple = [r for r in iois if any(abs(r - s) <= 0.06 * s for s in SIMPLE)]
+    return len(simple) / len(iois)
+
+
+def grid_distance(onsets: list[float], start: float, period: float, swing: bool) -> float:
+    """Median distance (beats) of the onsets to the musician's eighth grid laid from ``start``."""
+    places = (0.0, 0.5, 2 / 3, 1.0) if swing else (0.0, 0.5, 1.0)
+    distances = []
+    for t in onsets:
+        within = ((t - start) / period) % 1.0
+        distances.append(min(abs(within - p) for p in places))
+    return statistics.median(distances)
+
+
+def duet(bpm: float, swing: bool, tempo: str = "follow", seed: int = 5):
+    """Serve, play the call at ``bpm``, wait for the answer; returns (start, answer onsets, heard)."""
+    from musebot.realtime.daemon import Daemon, ServeOptions
+
+    config = ServeConfig(bpm=120.0, tempo=tempo, silence_beats=1.0, answer_beats=ANSWER_BEATS, seed=seed)
+    daemon = Daemon(config, ServeOptions(model=str(DEFAULT_MODEL_DIR))).start()
+    try:
+        musician = Musician()
+        try:
+            time.sleep(0.3)  # the model thread settles; the musician starts when they like
+            start = now() + 0.2
+            notes = melody(bpm, start, swing=swing, jitter_s=0.015, seed=int(bpm))
+            perform(musician, notes)
+            release = max(off for _, off, _ in notes)
+            period = 60.0 / bpm
+            time.sleep(max(0.0, release + (3 + ANSWER_BEATS) * max(period, 0.5) - now()))
+            heard = musician.snapshot()
+        finally:
+            musician.close()
+        return start, answer_onsets(heard, release), heard, daemon.session
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize(("bpm", "swing"), [(72, False), (142, False), (96, True), (104, True)])
+def test_the_answer_keeps_the_musicians_tempo_and_pulse(jack, bpm, swing):
+    start, onsets, heard, session = duet(bpm, swing)
+    period = 60.0 / bpm
+    assert len(onsets) >= 4, f"the answer has {len(onsets)} onsets"
+    share = simple_share(onsets, period)
+    distance = grid_distance(onsets, start, period, swing)
+    print(f"\n{bpm} bpm {'swung' if swing else 'straight'}: followed {session.bpm:.1f} bpm, "
+          f"{len(onsets)} onsets, simple IOIs {share:.0%}, median off the eighth grid {distance:.3f} beat")
+    assert session.tempo()["source"] == "follow"
+    assert share >= 0.70
+    assert distance <= 0.05
+    assert hanging_notes(heard) == set()
+
+
+def test_tempo_fixed_answers_on_its_own_grid_not_the_musicians(jack):
+    _, onsets, heard, session = duet(96, False, tempo="fixed")
+    assert session.bpm == 120.0 and session.beats is None
+    assert len(onsets) >= 4 and hanging_notes(heard) == set()
+    # At 120 bpm the model's eighths are 0.25 s apart; the musician's (96 bpm) 0.3125 s.
+    at_120 = simple_share(onsets, 0.5)
+    at_96 = simple_share(onsets, 60 / 96)
+    print(f"\nfixed at 120, musician at 96: simple IOIs on 120's beat {at_120:.0%}, on 96's {at_96:.0%}")
+    assert at_120 >= at_96
+    assert at_120 >= 0.7
