@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     soak.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     soak.set_defaults(func=run_bench_soak)
 
+    from musebot.bench import tempo
+
+    tempo.register(subparsers)  # bench-tempo: the beat tracker over real music at known tempi
+
 
 def run_bench(args: argparse.Namespace) -> int:
     from musebot.bench.realtime import run_realtime_bench
