@@ -91,6 +91,9 @@ def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...
     parser.add_argument("--top-k", type=int, default=defaults.top_k, help="top-k (default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="sampling seed, recorded with the session (default %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default=None,
+                        help="which of the model's graphs to run (default: the best it has for the provider: "
+                        "int8 on a CPU, fp16 on CUDA)")
     parser.add_argument("--held-key-timeout", type=float, default=defaults.held_key_timeout_s, metavar="SECONDS",
                         help="forget a key or sustain pedal held this long, as if its release was lost, so "
                              "musebot answers again (default %(default)s; 0: never)")
@@ -114,8 +117,9 @@ def add_band_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--key", default=band.key,
                        help="key lock: auto (follow the musician, default), off, or e.g. 'Eb major'")
     group.add_argument("--meter", default=band.meter, help="time signature (default %(default)s)")
-    group.add_argument("--clock", choices=("internal", "external"), default=band.clock,
-                       help="internal: musebot's own clock at --bpm (default); external: follow MIDI clock")
+    group.add_argument("--clock", choices=("internal", "external", "follow"), default=band.clock,
+                       help="internal: musebot's own clock at --bpm (default); external: follow MIDI clock; "
+                       "follow: start with your first bar and drift with your tempo (--bpm: the first guess)")
     group.add_argument("--clock-in", default=band.clock_in, metavar="PORT",
                        help="where external MIDI clock comes from: 'virtual' (a port musebot-clock:in, "
                        "default) or a port name")
@@ -186,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         answer_beats=args.answer_beats, max_answer_beats=args.max_answer_beats,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         answer_channel=args.answer_channel, thru=args.thru, held_key_timeout_s=args.held_key_timeout,
+        precision=args.precision,
         controls=ControlConfig(cc(args.cc_temperature), cc(args.cc_answer_length), cc(args.cc_panic),
                                cc(args.cc_takeover)),
     )

@@ -52,6 +52,7 @@ class ServeConfig:
     input_queue: int = 4096  # messages waiting for the listener; beyond this the input is dropped and counted
     speculate_events: int = 64  # events pre-generated while the musician plays
     held_key_timeout_s: float = 30.0  # a key or pedal held longer is forgotten (a lost note-off); 0: never
+    precision: str | None = None  # the model's graphs: fp32, fp16, int8, int4; None: the best for the provider
     controls: ControlConfig = field(default_factory=ControlConfig)
 
     @property
@@ -72,6 +73,8 @@ class ServeConfig:
             raise ValueError(f"--tempo must be follow or fixed, got {self.tempo!r}")
         if self.answer_on not in ("beat", "bar"):
             raise ValueError(f"--answer-on must be beat or bar, got {self.answer_on!r}")
+        if self.precision not in (None, "fp32", "fp16", "int8", "int4"):
+            raise ValueError(f"--precision must be fp32, fp16, int8 or int4, got {self.precision!r}")
         if self.silence_s <= 0:
             raise ValueError("the phrase-end silence must be positive (--silence-beats or --silence-ms)")
         if not 0 <= self.answer_channel <= 15:

@@ -41,7 +41,7 @@ def make_session(mode: str, config: ServeConfig, scheduler: Scheduler, outputs: 
         from musebot.realtime.constraints import LiveSettings
 
         settings = LiveSettings.for_parts(band.parts, band.parts_config)
-        engine = load_engine(model) if model else None
+        engine = load_engine(model, config.precision) if model else None
         if mode == "accompany":
             if engine is None:
                 raise RealtimeError("--mode accompany needs --model DIR (the parts come from the model)")
@@ -70,5 +70,5 @@ def make_session(mode: str, config: ServeConfig, scheduler: Scheduler, outputs: 
     else:
         from musebot.realtime.modes.call_worker import ModelAnswerer
 
-        answerer = ModelAnswerer(load_engine(model), slot, config)
+        answerer = ModelAnswerer(load_engine(model, config.precision), slot, config)
     return Duet(config, scheduler, outputs, slot, answerer, recorder, mode)

@@ -141,14 +141,14 @@ class Session:
         """Stop the session's own threads (after the daemon's last panic)."""
 
 
-def load_engine(model_dir: str):
+def load_engine(model_dir: str, precision: str | None = None):
     """Open an exported model folder (``musebot export``) for a mode: on CUDA when onnxruntime has it,
-    else the CPU with one thread, at the best precision the folder holds for it."""
+    else the CPU with one thread, at ``precision`` (None: the best precision the folder holds for it)."""
     from musebot.engine.engine import Engine, ModelLoadError
     from musebot.realtime.errors import RealtimeError
 
     try:
-        engine = Engine.load(model_dir, provider="auto", threads=1)
+        engine = Engine.load(model_dir, provider="auto", threads=1, precision=precision)
     except ModelLoadError as exc:
         raise RealtimeError(str(exc)) from exc
     log.info("model %s loaded (%s, %s)", model_dir, engine.provider, getattr(engine, "precision", "fp32"))

@@ -168,7 +168,7 @@ class ModelAnswerer(Answerer):
     @classmethod
     def load(cls, model_dir: str | Path, slot: AnswerSlot, config: ServeConfig) -> ModelAnswerer:
         """Open an exported model folder and answer with it."""
-        return cls(load_engine(str(model_dir)), slot, config)
+        return cls(load_engine(str(model_dir), config.precision), slot, config)
 
     def _new_converter(self, start_time: float) -> LiveConverter:
         return self._converter_class(
