@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 RESCHEDULE_RATIO = 0.01  # a tempo change beyond 1 % re-times notes already fixed (1 % of a beat: 5 ms at 120)
 RATE_WINDOW = 64  # the generation rate is measured over the latest this many events
 MIN_RATE_EVENTS = 16  # and only once this many were generated
+RECOVER_HEADROOM = 1.5  # behind, full planning comes back once the model is this much faster than the music
 
 
 @dataclass
@@ -466,7 +467,9 @@ class Accompanist(Band):
             log.log(level, "accompany: generation behind the music (headroom %s); degraded: no guessing of the "
                     "musician, %.2f-beat plan, the last bar replayed where nothing is ready",
                     "?" if headroom is None else f"{headroom:.2f}", self.band.min_plan_beats)
-        elif self.degraded and not slow and end > playhead + self.band.plan_beats * STEPS_PER_BEAT:
+        elif (self.degraded and headroom is not None and headroom >= RECOVER_HEADROOM
+              and end >= playhead + self.band.min_plan_beats * STEPS_PER_BEAT):
+            # (the degraded plan reaches min_plan_beats only: waiting for plan_beats would never recover)
             self.degraded = False
             log.debug("accompany: generation ahead again; full planning")
 
