@@ -51,8 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 
-def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...] = ("call", "listen")) -> None:
-    """Musical settings shared by ``serve`` and ``demo`` (ServeConfig fields)."""
+def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...] = ("call", "listen"),
+                          tempo: str = "follow") -> None:
+    """Musical settings shared by ``serve`` and ``demo`` (ServeConfig fields); ``tempo``: the ``--tempo``
+    default (the demo keeps a fixed grid, so a recorded session replays to the same answer)."""
     defaults, controls = ServeConfig(), ControlConfig()
     parser.add_argument("--mode", choices=modes, default="call",
                         help="call: call and response (default); listen: thru and recording only"
@@ -65,9 +67,9 @@ def add_session_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...
     parser.add_argument("--bpm", type=float, default=defaults.bpm,
                         help="tempo that maps seconds to the model's beat grid; with --tempo follow the first "
                         "guess (default %(default)s)")
-    parser.add_argument("--tempo", choices=("follow", "fixed"), default="follow",
-                        help="follow: hear the musician's tempo and beat and answer on them (default); fixed: "
-                        "--bpm is the grid")
+    parser.add_argument("--tempo", choices=("follow", "fixed"), default=tempo,
+                        help="follow: hear the musician's tempo and beat and answer on them; fixed: --bpm is "
+                        "the grid (default %(default)s)")
     parser.add_argument("--answer-on", choices=("beat", "bar"), default=defaults.answer_on,
                         help="with --tempo follow the answer starts on the next beat (default) or downbeat after "
                         "the silence")

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="play a built-in phrase into the real-time pipeline; record, render WAV and piano roll",
     )
-    add_session_arguments(demo)
+    add_session_arguments(demo, tempo="fixed")
     demo.add_argument("--out", default="musebot-demo", help="folder for duet.mid, duet.wav and duet.png")
     demo.add_argument("--replay", metavar="FILE.mid",
                       help="play the musician's part of a recorded session (with its seed) instead")

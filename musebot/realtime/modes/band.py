@@ -31,6 +31,7 @@ from musebot.realtime.harmony_live import Harmony
 from musebot.realtime.io.outputs import Output
 from musebot.realtime.modes.base import Session, SessionError
 from musebot.realtime.scheduler import Scheduler
+from musebot.realtime.tempo_clock import MusicianClock
 from musebot.realtime.timebase import ClockFollower, ClockSender, Meter, Metronome, Timebase
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class BandConfig:
     parts_config: str | None = None  # JSON or TOML file (constraints.read_config)
     key: str = "auto"  # "auto", "off" or e.g. "Eb major"
     meter: str = "4/4"
-    clock: str = "internal"  # or "external": follow MIDI clock on the clock input
+    clock: str = "internal"  # "external": follow MIDI clock on the clock input; "follow": the musician (tempo_clock)
     clock_in: str = "virtual"  # "virtual" (musebot-clock:in) or an output port name to read clock from
     clock_out: bool = False
     metronome: bool = False
@@ -80,8 +81,8 @@ class BandConfig:
     def validate(self) -> None:
         if self.mode not in ("accompany", "looper"):
             raise ValueError(f"band mode must be accompany or looper, got {self.mode!r}")
-        if self.clock not in ("internal", "external"):
-            raise ValueError(f"--clock must be internal or external, got {self.clock!r}")
+        if self.clock not in ("internal", "external", "follow"):
+            raise ValueError(f"--clock must be internal, external or follow, got {self.clock!r}")
         if not 0.25 <= self.commit_beats <= 8:
             raise ValueError(f"--commit-beats must be 0.25..8, got {self.commit_beats}")
         if self.plan_beats < self.commit_beats or self.min_plan_beats < self.commit_beats * 0.5:
@@ -143,6 +144,7 @@ class Band(Session):
         self.settings = settings
         self.timebase = Timebase(config.bpm, Meter.parse(band.meter))
         self.follower = ClockFollower(self.timebase) if band.clock == "external" else None
+        self.musician_clock = MusicianClock(self.timebase, config.bpm) if band.clock == "follow" else None
         # Clock goes to MIDI ports only (a synthesiser has no use for it).
         ports = [o for o in self.outputs if o.kind != "fluidsynth"]
         self.clock_sender = ClockSender(self.timebase, scheduler, ports) if band.clock_out and ports else None
@@ -170,6 +172,9 @@ class Band(Session):
                                               else band.clock_in)
             log.info("waiting for MIDI clock start on %s", self.clock_input.name if self.clock_input
                      else "(no MIDI system)")
+        elif self.musician_clock is not None:
+            self.timebase.source = "follow"
+            log.info("clock follows you: the band comes in after your first bar, at your tempo")
         else:
             start = now() + 0.05
             self.timebase.start(start, -band.count_in * self.timebase.meter.bar_beats)
@@ -235,6 +240,8 @@ class Band(Session):
 
     # ---- the listener interface (after the Session's front: validated, controllers, thru, recorded) ---
     def hear(self, t: float, msg: midi.Message) -> None:
+        if self.musician_clock is not None and midi.is_note_on(msg) and midi.channel_of(msg) != DRUM_CHANNEL:
+            self.musician_clock.hear(t, msg[1], msg[2])
         auto_key = self.key_lock.mode == "auto" and midi.channel_of(msg) != DRUM_CHANNEL
         if midi.is_note_on(msg) and auto_key:
             tonic = self.key_tracker.tonic
