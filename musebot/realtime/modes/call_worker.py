@@ -62,7 +62,7 @@ MAX_CONTEXT_EVENTS = 768
 # varies), and starts an answer at most this many beats late to have enough generated ahead.
 RATE_SAFETY = 0.8
 MAX_START_DELAY_BEATS = 1.0
-MIN_RATE_EVENTS, MIN_RATE_MUSIC_S = 16, 2.0  # the rate is planned with once this much was generated
+MIN_RATE_EVENTS = 16  # the rate is planned with once this many events were generated
 LATE_MARGIN_S = 0.003  # a note whose onset is nearer than this when generated is dropped, never sent late
 
 
@@ -496,7 +496,7 @@ class ModelAnswerer(Answerer):
         ``slack + delay + x`` after now. So the start is delayed (up to ``MAX_START_DELAY_BEATS``) and the
         answer cut to the length whose end is still ready in time."""
         stats = self.stats
-        if stats.events < MIN_RATE_EVENTS or stats.music_s < MIN_RATE_MUSIC_S:
+        if stats.events < MIN_RATE_EVENTS:
             return  # too little measured yet to plan with
         headroom = stats.headroom
         if headroom * RATE_SAFETY >= 1.0:
