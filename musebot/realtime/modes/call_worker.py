@@ -107,6 +107,7 @@ class WorkerStats:
     dropped: int = 0  # answer notes generated too late to sound on time: not sent
     delayed_answers: int = 0  # answers started late so that generation stays ahead of them
     shortened_answers: int = 0  # answers cut to what a slow model can generate before it is played
+    cut_answers: int = 0  # answers ended early because a note came too late all the same
 
     @property
     def headroom(self) -> float:
@@ -218,7 +219,8 @@ class ModelAnswerer(Answerer):
         return {"events": stats.events, "answers": stats.answers, "late_rows": stats.late_rows,
                 "rollbacks": stats.rollbacks, "headroom": round(headroom, 3) if math.isfinite(headroom) else None,
                 "behind": headroom < 1.0, "dropped": stats.dropped, "delayed_answers": stats.delayed_answers,
-                "shortened_answers": stats.shortened_answers, "context_trims": stats.trims}
+                "shortened_answers": stats.shortened_answers, "cut_answers": stats.cut_answers,
+                "context_trims": stats.trims}
 
     def busy(self) -> bool:
         return self._busy
@@ -476,13 +478,16 @@ class ModelAnswerer(Answerer):
             event = self.tokenizer.row_to_event(self._ahead[i])
             _, _, _, _, _channel, pitch, velocity, duration = event
             end = min(onset + duration / self._steps_per_s, answer.due + answer.length_s)
-            answer.onsets.append(onset)  # in the context either way: the rows after it follow from it
-            answer.next_index += 1
             if onset < now() + LATE_MARGIN_S:
-                # Generated too late to sound on time: dropped (and counted), never sent late in a bunch.
+                # Generated too late to sound on time: dropped (and counted), never sent late; generation has
+                # fallen behind the answer, which ends here (shortened) rather than stall or go on late.
                 self.stats.late_rows += 1
                 self.stats.dropped += 1
-                continue
+                self.stats.cut_answers += 1
+                answer.done = True
+                break
+            answer.onsets.append(onset)
+            answer.next_index += 1
             notes.append((onset, end, min(127, max(0, pitch - self.shift)), velocity))
         if notes:
             self.slot.play(answer.answer_id, notes)
