@@ -171,7 +171,7 @@ class Duet(Session):
         if self.state == "waiting" and t >= self.due:
             self.state = "answering"
             self.counts["answers"] += 1
-            if self.recorder is not None and self.bpm != self._recorded_bpm:
+            if self.beats is not None and self.recorder is not None and self.bpm != self._recorded_bpm:
                 self._recorded_bpm = self.bpm
                 self.recorder.set_tempo(self.due, self.bpm)  # the answer's tempo, in the recording
         elif self.state == "answering" and not self.slot.is_playing() and not self.answerer.busy():
