@@ -175,15 +175,19 @@ class BeatTracker:
         self._events: list[_Event] = []
         self._bpm: float = self.initial_bpm
         self._beat: float | None = None
+        self._stale = False  # a chord note came in since the last fit (refit when the estimate is read)
         self._confidence = 0.0
         self._challenger: tuple[float, float] | None = None
 
     def reset_call(self) -> None:
         """A new call starts: forget its onsets but keep the tempo (and its phase) as the prior."""
+        if self._stale:
+            self._update()
         if self._events:
             self._prior_bpm = self._bpm
             self._prior_conf = max(self._prior_conf * 0.5, min(1.0, self._confidence))
         self._events = []
+        self._stale = False
         self._confidence = 0.0
         self._challenger = None
 
@@ -216,6 +220,10 @@ class BeatTracker:
             ev.low_pitch = min(ev.low_pitch, int(pitch))
             if dur is not None:
                 ev.duration = max(ev.duration or 0.0, dur)
+            # Another note of a chord only re-weighs its event: the fit is redone when next asked for, so
+            # a chord (or a flood of notes) costs one fit, not one per note.
+            self._stale = True
+            return self._current()
         else:
             events.insert(index, _Event(t, 1, int(velocity), int(pitch), dur))
             if len(events) > 4 * self.config.window:
@@ -238,6 +246,11 @@ class BeatTracker:
     # ------------------------------------------------------------------------------------------- output
     def estimate(self) -> TempoEstimate:
         """The current tempo and phase; before any onset, ``initial_bpm`` (or the last call's) at time 0."""
+        if self._stale:
+            self._update()
+        return self._current()
+
+    def _current(self) -> TempoEstimate:
         beat = self._beat if self._beat is not None else 0.0
         return TempoEstimate(self._bpm, beat, self._confidence, len(self._events))
 
@@ -330,6 +343,7 @@ class BeatTracker:
         return self._clamp(60.0 / period), beat
 
     def _update(self) -> None:
+        self._stale = False
         cfg = self.config
         events = self._events[-cfg.window:]
         if len(events) < 2:
