@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 from pathlib import Path
 
 from musebot.cli import CommandError
@@ -36,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=0.98)
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for ONNX Runtime and torch")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default=None,
+                   help="which graphs the model continues with (default: the best the folder has for the CPU); "
+                   "a precision the folder lacks is exported from its model.safetensors to a temporary folder")
     p.add_argument("--no-loss", dest="loss", action="store_false", help="skip the test loss (needs torch)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="bar chart of the metrics")
@@ -58,6 +62,8 @@ def format_table(result) -> str:
     within = sum(v["within_10pct"] for v in verdicts.values())
     closer = sum(v["closer_than_markov"] for v in verdicts.values())
     lines.append("")
+    if "precision" in result.options:
+        lines.append(f"Model graphs: {result.options['precision']}.")
     lines.append(f"{len(result.pieces)} test pieces; grid: {result.grid}; ± is the standard error over pieces. "
                  f"Model within 10% of real on {within}/6 metrics, closer to real than Markov on {closer}/6.")
     if result.model_loss:
@@ -93,9 +99,8 @@ def plot(result, path: Path) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from musebot.data.dataset import DatasetError, TokenDataset
-    from musebot.engine.engine import Engine, ModelLoadError
+    from musebot.engine.engine import ModelLoadError
     from musebot.engine.generate import DEFAULT_MODEL_DIR
-    from musebot.eval.evaluate import EvalOptions, evaluate, heldout_loss
 
     model_dir = args.model or DEFAULT_MODEL_DIR
     if not (model_dir / "config.json").is_file():
@@ -108,10 +113,32 @@ def _eval(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     if not data.indices("test"):
         raise CommandError(f"{args.data} has no test pieces: rebuild it with --test > 0")
-    try:
-        engine = Engine.load(model_dir, provider="cpu", threads=args.threads)
-    except ModelLoadError as exc:
-        raise CommandError(str(exc)) from exc
+    with tempfile.TemporaryDirectory(prefix="musebot-eval-") as scratch:
+        try:
+            engine = open_engine(model_dir, args.precision, args.threads, Path(scratch))
+        except ModelLoadError as exc:
+            raise CommandError(str(exc)) from exc
+        return _run(args, model_dir, data, engine)
+
+
+def open_engine(model_dir: Path, precision: str | None, threads: int, scratch: Path):
+    """The engine at ``precision``; graphs the folder lacks are exported from its weights into ``scratch``."""
+    from musebot.engine.engine import Engine, ModelLoadError
+    from musebot.engine.precision import available_precisions
+
+    if precision is None or precision in available_precisions(model_dir):
+        return Engine.load(model_dir, provider="cpu", threads=threads, precision=precision)
+    if not (model_dir / "model.safetensors").is_file():
+        raise ModelLoadError(f"{model_dir} has no {precision} graphs and no model.safetensors to export them from")
+    from musebot.export.onnx_export import export_onnx
+
+    export_onnx(model_dir, scratch, precisions=[precision], check=False)
+    return Engine.load(scratch, provider="cpu", threads=threads, precision=precision)
+
+
+def _run(args: argparse.Namespace, model_dir: Path, data, engine) -> int:
+    from musebot.eval.evaluate import EvalOptions, evaluate, heldout_loss
+
     if engine.config["tokenizer"].get("version") != data.tokenizer_config.get("version"):
         raise CommandError(f"model tokenizer {engine.config['tokenizer'].get('version')} differs from the "
                            f"dataset's {data.tokenizer_config.get('version')}")
@@ -119,6 +146,7 @@ def _eval(args: argparse.Namespace) -> int:
                           min_continuation_bars=min(4, args.bars), n_pieces=args.n_pieces, seed=args.seed,
                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     result = evaluate(data, engine, options, progress=not args.json)
+    result.options["precision"] = engine.precision
     if args.loss:
         try:
             result.model_loss = heldout_loss(model_dir, data, threads=args.threads)
