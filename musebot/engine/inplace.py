@@ -48,6 +48,9 @@ class InPlaceRunner(CpuRunner):
         self.max_positions = int(config.get("net_config", {}).get("max_position_embeddings", 4096))
         self._token_caches: dict[int, InPlaceCache] = {}
         self._totals = [np.array(n, np.int32) for n in range(self.max_positions + 1)]
+        self.hidden_size = int(config.get("n_embd") or base.get_outputs()[0].shape[2])
+        # First outputs (hidden, logits) land in arrays kept per shape: no allocation and no get_outputs().
+        self._out: dict[tuple, tuple[np.ndarray, ort.OrtValue]] = {}
 
     def empty(self, shape: GraphShape, batch: int, capacity: int = 0) -> InPlaceCache:  # type: ignore[override]
         size = (batch, shape.heads, capacity, shape.head_dim)
@@ -72,19 +75,25 @@ class InPlaceRunner(CpuRunner):
         grown.length = cache.length
         return grown
 
+    def _output(self, shape: tuple, dtype: type) -> tuple[np.ndarray, ort.OrtValue]:
+        out = self._out.get(shape)
+        if out is None:
+            array = np.empty(shape, dtype)
+            out = self._out[shape] = (array, ort.OrtValue.ortvalue_from_numpy(array))
+        return out
+
     def _run(self, session: ort.InferenceSession, cache: InPlaceCache, names: list[str], outputs: list[str],
-             inputs: dict[str, np.ndarray], added: int) -> np.ndarray:
+             inputs: dict[str, np.ndarray], added: int, out_shape: tuple, dtype: type) -> np.ndarray:
+        array, value = self._output(out_shape, dtype)
         binding = cache.binding
         if binding is None:
-            # Bound once: the first output comes back to numpy, each present is the past buffer itself.
+            # Bound once: each present is the past buffer itself.
             binding = cache.binding = session.io_binding()
-            binding.bind_output(outputs[0], "cpu")
-            for name, value in zip(names, cache.values):
-                binding.bind_ortvalue_input(name, value)
-            for name, value in zip(outputs[1:], cache.values):
-                binding.bind_ortvalue_output(name, value)
-        else:
-            binding.bind_output(outputs[0], "cpu")  # a fresh array each call (its shape changes)
+            for name, past in zip(names, cache.values):
+                binding.bind_ortvalue_input(name, past)
+            for name, past in zip(outputs[1:], cache.values):
+                binding.bind_ortvalue_output(name, past)
+        binding.bind_ortvalue_output(outputs[0], value)
         total = cache.length + added
         for name, value in inputs.items():
             binding.bind_cpu_input(name, value)
@@ -93,7 +102,7 @@ class InPlaceRunner(CpuRunner):
                                else np.array(total, np.int32))
         start = time.perf_counter()
         session.run_with_iobinding(binding)
-        first = binding.get_outputs()[0].numpy()
+        first = array.copy()  # the kept array is overwritten by the next call of this shape
         self.ort_seconds += time.perf_counter() - start
         self.ort_calls += 1
         cache.length = total
@@ -102,7 +111,8 @@ class InPlaceRunner(CpuRunner):
     def run_base(self, x: np.ndarray, past: InPlaceCache) -> tuple[np.ndarray, InPlaceCache]:  # type: ignore[override]
         past = self._room(past, self.base_shape, past.length + x.shape[1])
         before = self.ort_seconds
-        hidden = self._run(self.base, past, self.base_past_names, self.base_out, {"x": x}, x.shape[1])
+        hidden = self._run(self.base, past, self.base_past_names, self.base_out, {"x": x}, x.shape[1],
+                           (x.shape[0], x.shape[1], self.hidden_size), self.base_shape.dtype)
         self.ort_base_seconds += self.ort_seconds - before
         return hidden, past
 
@@ -110,9 +120,11 @@ class InPlaceRunner(CpuRunner):
                   ids: np.ndarray | None = None) -> tuple[np.ndarray, InPlaceCache]:
         added = hidden.shape[1] + x.shape[1]
         past = self._room(past, self.token_shape, past.length + added)
-        feeds = {"hidden": hidden.astype(self.token_shape.dtype, copy=False), "x": x,
-                 "head_ids": self._all_ids if ids is None else ids}
-        return self._run(self.token, past, self.token_past_names, self.token_out, feeds, added), past
+        ids = self._all_ids if ids is None else ids
+        feeds = {"hidden": hidden.astype(self.token_shape.dtype, copy=False), "x": x, "head_ids": ids}
+        shape = (x.shape[0], added, len(ids))
+        return self._run(self.token, past, self.token_past_names, self.token_out, feeds, added, shape,
+                         self.token_shape.dtype), past
 
     def truncate(self, past: InPlaceCache, length: int) -> InPlaceCache:  # type: ignore[override]
         past.length = length
