@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 CLIENT_NAME = "musebot"  # the input's client: "musebot:in"; the virtual output's: "musebot-out:out"
 HEALTH_PERIOD_S = 0.5
+LISTEN_BATCH = 256  # messages handled per pass of the listener (one tick per pass)
+MAX_BACKLOG_S = 0.5  # input older than this when the listener reaches it is dropped (a flood: newest wins)
+LOST_QUIET_S = 0.15  # after input was lost, this much quiet releases the keys the session thinks held
 
 
 @dataclass
@@ -110,6 +113,9 @@ class Daemon:
         self._idle_queue: queue.Queue = queue.Queue(maxsize=config.input_queue)
         # Who watches input, sends and the plan (the network API, benchmarks): one list, quick, any thread.
         self.observers: list[Observer] = []
+        self.stale_dropped = 0  # input dropped because the listener reached it too late (a flood)
+        self._input_lost = False  # messages were dropped since the session last heard all of them
+        self._overflows_seen = 0
         self.scheduler.on_plan = self._on_plan
         # The session belongs to the listener thread; the API, the health monitor and shutdown take this lock.
         self._session_lock = threading.Lock()
@@ -203,7 +209,8 @@ class Daemon:
         """What was dropped, trimmed or forgotten to stay bounded (the status reports it): input messages
         beyond the input queue, the session's own counts (worker backlog, tracker), the recorder's dropped
         events and the log lines suppressed."""
-        counts = {"input_overflows": self.input.overflows if self.input is not None else 0}
+        counts = {"input_overflows": self.input.overflows if self.input is not None else 0,
+                  "input_stale_dropped": self.stale_dropped}
         counts.update(self.session.overflows() if self.session is not None else {})
         counts["recorder_dropped"] = self.recorder.dropped if self.recorder is not None else 0
         counts["log_lines_suppressed"] = self.log_limiter.suppressed if self.log_limiter is not None else 0
@@ -233,23 +240,56 @@ class Daemon:
         self.stop_event.set()
 
     def _listen(self) -> None:
+        last_input = now()
         while not self.stop_event.is_set():
-            source = self.input.queue if self.input is not None else self._idle_queue
-            try:
-                t, data = source.get(timeout=0.002)
-            except queue.Empty:
-                t = data = None
-            if data is not None:
+            batch = self._next_batch()
+            t_now = now()
+            if batch:
+                last_input = t_now
+            elif self._input_lost and t_now - last_input > LOST_QUIET_S:
+                # Messages were lost (a flood overflowed the input): a note-off among them would hold a key
+                # for ever. Once the input is quiet, the musician holds nothing we can trust.
+                self._input_lost = False
+                with self._session_lock:
+                    self.session.input_lost(t_now)
+            for t, data in batch:
                 for observer in self.observers:
                     observer.on_input(t, data)
             with self._session_lock:
+                data = None
                 try:
-                    if data is not None:
+                    for t, data in batch:
                         self.session.handle(t, data)
                     self.session.tick(now())
                 except Exception:  # a bug must not leave notes sounding nor stop the daemon
                     log.exception("listener: error while handling %r; panic", data)
                     self.session.panic(now(), "exception in the listener")
+
+    def _next_batch(self) -> list[tuple[float, object]]:
+        """The messages waiting (up to LISTEN_BATCH; waits a moment for the first). Under a flood the
+        newest win: messages older than MAX_BACKLOG_S are dropped and counted, so the listener is never
+        minutes behind the musician, and the input is marked lost (see ``_listen``)."""
+        source = self.input.queue if self.input is not None else self._idle_queue
+        try:
+            batch = [source.get(timeout=0.002)]
+        except queue.Empty:
+            return []
+        while len(batch) < LISTEN_BATCH:
+            try:
+                batch.append(source.get_nowait())
+            except queue.Empty:
+                break
+        overflows = self.input.overflows if self.input is not None else 0
+        oldest_kept = now() - MAX_BACKLOG_S
+        if batch[0][0] < oldest_kept:
+            kept = [item for item in batch if item[0] >= oldest_kept]
+            self.stale_dropped += len(batch) - len(kept)
+            batch = kept
+            self._input_lost = True
+        if overflows != self._overflows_seen:
+            self._overflows_seen = overflows
+            self._input_lost = True
+        return batch
 
     def panic(self, reason: str) -> None:
         """Release every note now, from any thread (shutdown panics before anything stops)."""

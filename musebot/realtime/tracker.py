@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from musebot.realtime import midi
 
+EXPIRY_CHECK_S = 0.05  # how often held keys are checked against the timeout
+
 
 @dataclass(frozen=True)
 class PlayedNote:
@@ -47,6 +49,7 @@ class NoteTracker:
         self.orphan_note_offs = 0
         self.held_timeouts = 0  # keys and pedals forgotten after held_timeout_s
         self.trimmed = 0  # finished notes dropped because too many waited behind a held key
+        self._next_expiry_check = float("-inf")
 
     def handle(self, t: float, msg: midi.Message) -> None:
         """Account for one valid channel message received at ``t``."""
@@ -75,8 +78,10 @@ class NoteTracker:
     def expire(self, t: float) -> bool:
         """Forget keys and pedals held longer than ``held_timeout_s`` at ``t`` (their note-off or pedal-up
         was lost); True when something was forgotten."""
-        if self.held_timeout_s <= 0:
+        if self.held_timeout_s <= 0 or t < self._next_expiry_check:
             return False
+        # A few checks a second are plenty for a timeout of seconds (the listener ticks thousands of times).
+        self._next_expiry_check = t + min(EXPIRY_CHECK_S, self.held_timeout_s / 4)
         limit = t - self.held_timeout_s
         old_keys = [key for key, (onset, _) in self._held.items() if onset <= limit]
         old_pedals = [channel for channel, down in self._pedal.items() if down <= limit]

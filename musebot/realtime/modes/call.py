@@ -157,6 +157,16 @@ class Duet(Session):
             return False
         return True
 
+    def input_lost(self, t: float) -> None:
+        if not self.tracker.anything_held:
+            return
+        log.warning("input was lost in a flood: the keys it left held are released")
+        ready = self.tracker.release_all(t)
+        if ready:
+            self.answerer.add_notes(ready)
+        if self.state == "listening":
+            self._phrase_over(t, t + self.config.silence_s)
+
     # ---- time ----------------------------------------------------------------------------------------
     def tick(self, t: float) -> None:
         """Advance the state machine to time ``t`` (called by the listener between messages)."""
