@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 RESCHEDULE_RATIO = 0.01  # a tempo change beyond 1 % re-times notes already fixed (1 % of a beat: 5 ms at 120)
 RATE_WINDOW = 64  # the generation rate is measured over the latest this many events
 MIN_RATE_EVENTS = 16  # and only once this many were generated
+TEMPO_ROW_MAX_BPM = 383  # the vocabulary's bpm values are 0..383
 RECOVER_HEADROOM = 1.5  # behind, full planning comes back once the model is this much faster than the music
 
 
@@ -69,6 +70,9 @@ class Accompanist(Band):
     """The accompaniment planner (module docstring): a thread that owns the engine."""
 
     mode = "accompany"
+    # The longest silence the parts' next event may leave, in grid steps (smaller: denser parts, more
+    # events per beat to generate).
+    max_time_gap = 2 * STEPS_PER_BEAT
 
     def __init__(self, engine: Engine, config: ServeConfig, band: BandConfig, scheduler: Scheduler,
                  outputs: Sequence[Output], settings: LiveSettings, api: int | None = None) -> None:
@@ -99,7 +103,7 @@ class Accompanist(Band):
         self._mask_cache: dict[tuple, PartMasks] = {}  # by (pitch classes, tracks): key changes come back
         self.degraded = False
         self.plan_stats = {"replans": 0, "events": 0, "guess_hits": 0, "guess_misses": 0, "compute_s": 0.0,
-                           "behind": 0, "capped": 0, "music_s": 0.0, "replayed_bars": 0}
+                           "behind": 0, "capped": 0, "music_s": 0.0, "replayed_bars": 0, "leaps": 0}
         self._rate: deque[tuple[float, float]] = deque(maxlen=RATE_WINDOW)  # (compute s, music s) per event
         self._plan_began = 0.0  # the playhead (grid steps) when the current plan started
         self._last_step = 0  # grid step of the last row in the engine (context or plan)
@@ -161,13 +165,19 @@ class Accompanist(Band):
         self._stopped_seen = False
         playhead = tb.beat_at(now()) * STEPS_PER_BEAT
         self._follow_timebase(playhead)
-        horizon = (self.band.min_plan_beats if self.degraded else self.band.plan_beats) * STEPS_PER_BEAT
+        horizon = self.band.plan_beats * STEPS_PER_BEAT
+        if self.degraded:
+            # No guesses, so a short plan, but one that reaches past a replayed bar: a slow model then
+            # generates the bar after the one being replayed, instead of idling until that one is over.
+            horizon = max(self.band.min_plan_beats, self.band.commit_beats + tb.meter.bar_beats + 1) * STEPS_PER_BEAT
         if self._missed_guesses(playhead):
             self._drop_plan()
         self._commit(playhead)
         end = self._last_step if self._plan_rows else self._context_end()
-        if self.degraded and end < playhead + self.band.commit_beats * STEPS_PER_BEAT and self._replay_bar(playhead):
-            return
+        if self.degraded and end < playhead + self.band.commit_beats * STEPS_PER_BEAT:
+            if self._replay_bar(playhead):
+                return
+            self._leap_ahead(playhead)
         if end < playhead + horizon:
             self.wait_for_quiet(self._step_s * 1.5)
             self._generate_one()
@@ -319,7 +329,8 @@ class Accompanist(Band):
             del tracks[MUSICIAN_TRACK]
         harmony = self.harmony
         chords = harmony.active
-        key = (classes, tuple(sorted(tracks)), self.shift, chords and (harmony.mode, harmony.version))
+        key = (classes, tuple(sorted(tracks)), self.shift, chords and (harmony.mode, harmony.version),
+               self.max_time_gap)
         if key not in self._mask_cache:
             # In the model's frame: registers and pitch classes moved by the key-normalising shift.
             shift = self.shift
@@ -339,11 +350,11 @@ class Accompanist(Band):
             at = chord_classes if chords else None
             try:
                 masks = PartMasks(self.engine.vocab, tracks, registers, moved(classes),
-                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT, classes_at=at)
+                                  max_time_gap=self.max_time_gap, max_duration=4 * STEPS_PER_BEAT, classes_at=at)
             except PartsConfigError:
                 # A narrow register holds none of the few classes a key change leaves: the whole key then.
                 masks = PartMasks(self.engine.vocab, tracks, registers, moved(self.key_tracker.scale()),
-                                  max_time_gap=2 * STEPS_PER_BEAT, max_duration=4 * STEPS_PER_BEAT, classes_at=at)
+                                  max_time_gap=self.max_time_gap, max_duration=4 * STEPS_PER_BEAT, classes_at=at)
             if len(self._mask_cache) > 256:
                 self._mask_cache.clear()
             self._mask_cache[key] = masks
@@ -431,11 +442,11 @@ class Accompanist(Band):
         elif not late:
             self._plan.append(item)
         elif part is not None:
-            # Generated too late to play: never sent late. A note still ahead when this plan began was lost
-            # to the model's speed and is counted as dropped; one already past then only as stale (a
-            # re-plan starts from the latest fixed note, which may be a moment ago).
+            # Generated too late to play: never sent late. A note the plan had a whole commit horizon to
+            # make was lost to the model's speed and is counted as dropped; one nearer the plan's start only
+            # as stale (a re-plan starts from the latest fixed note, which may be a moment ago).
             self.telemetry.stale += 1
-            if step >= self._plan_began:
+            if step >= self._plan_began + self.band.commit_beats * STEPS_PER_BEAT:
                 self.telemetry.dropped += 1
 
     def _crowded(self, item: _Item, polyphony: int) -> bool:
@@ -486,13 +497,35 @@ class Accompanist(Band):
                 break
         else:
             return False
+        classes = self.pitch_classes()
+        again = [replace(item, step=item.step + k * bar) for item in source]
+        again = [item for item in again if self._fits(item, classes)]  # the key or chord may have moved on
+        if not again:
+            return False
         self._drop_plan()
-        for item in source:
-            again = replace(item, step=item.step + k * bar)
-            self._schedule(again)
-            _insert(self.committed, again)
+        for item in again:
+            self._schedule(item)
+            _insert(self.committed, item)
         self.plan_stats["replayed_bars"] += 1
         return True
+
+    def _leap_ahead(self, playhead: float) -> None:
+        """Behind with nothing to replay: the plan would go on from where it ends, already past, and the
+        model spend its time on notes that can never sound. A tempo event restating the tempo, a beat past
+        the commit horizon, moves the plan's start there (a plan row: it leaves with the next re-plan)."""
+        if self._plan_rows == 0 and not self._plan:
+            self._sync_context()
+        target = int(playhead + (self.band.commit_beats + 1) * STEPS_PER_BEAT)
+        beat, position = divmod(target, STEPS_PER_BEAT)
+        row = self.tokenizer.event_to_row(["set_tempo", min(beat - self._last_step // STEPS_PER_BEAT, 127),
+                                           position, 0, min(round(self.timebase.bpm), TEMPO_ROW_MAX_BPM)])
+        if row is None or target <= self._last_step:
+            return
+        self.engine.append(np.asarray([row], np.int64))
+        self._rows.append(row)
+        self._plan_rows += 1
+        self._last_step = target
+        self.plan_stats["leaps"] += 1
 
     def generation(self) -> dict:
         """The model's figures for the status: events, headroom (recent), behind, dropped, bars replayed."""
@@ -500,6 +533,7 @@ class Accompanist(Band):
         return {"events": self.plan_stats["events"], "headroom": None if headroom is None else round(headroom, 3),
                 "behind": self.degraded or (headroom is not None and headroom < 1.0),
                 "dropped": self.telemetry.dropped, "replayed_bars": self.plan_stats["replayed_bars"],
+                "leaps": self.plan_stats["leaps"],
                 "replans": self.plan_stats["replans"]}
 
     @property
@@ -524,7 +558,7 @@ class Accompanist(Band):
                 self._schedule(item)
                 _insert(self.committed, item)
             else:  # its moment passed before the planner came back to it: never sent late
-                self.telemetry.dropped += 1
+                self.telemetry.stale += 1
         self._plan = keep
 
     def _schedule(self, item: _Item) -> None:

@@ -1,0 +1,135 @@
+"""A model slower than the music, over a real JACK server: musebot plans with its measured generation rate.
+
+The model is real: SkyTNT's ``tv2o-small`` shape with random weights (built with torch, exported to ONNX at
+fp32, run by musebot's engine on one CPU thread). It is made slower than the music the honest way, by asking
+for more music per second than it can generate: a tempo of 400 bpm and, in call mode, the densest answers the
+constraints allow (``max_time_gap`` of one grid step: a note every 1/16 beat at most, 9 ms at 400 bpm). The
+status must then say so (headroom below 1, ``behind``), and what is heard must stay honest: no note sent more
+than 20 ms late (a note generated too late is dropped and counted, never sent late), no answer that stalls
+mid-phrase, and nothing left hanging when the daemon stops.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from musebot.realtime.config import ServeConfig
+from musebot.realtime.daemon import Daemon, Observer, ServeOptions
+from musebot.realtime.modes.answers import ANSWER_TAG
+from musebot.realtime.modes.band import PART_TAG, BandConfig
+from tests._jack import Musician, hanging_notes, jack_server, note_ons, requires_jackd
+
+pytestmark = [pytest.mark.jack, requires_jackd]
+
+BPM = 400.0
+LATE_LIMIT_S = 0.020
+PHRASE = [60, 62, 64, 65, 67, 69, 71, 72]
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    from musebot.bench.engine import build_shape
+
+    return build_shape("tv2o-small", tmp_path_factory.mktemp("tv2o-small") / "model", precisions=("fp32",))
+
+
+@pytest.fixture(scope="module")
+def jack():
+    with jack_server("-slow") as server:
+        yield server
+
+
+def serve(config: ServeConfig, options: ServeOptions) -> Daemon:
+    daemon = Daemon(config, options)
+    daemon.sends = []
+    daemon.observers.append(Observer(on_sent=lambda due, sent, output, msg, tag:
+                                     daemon.sends.append((due, sent, msg, tag))))
+    return daemon.start()
+
+
+def status(daemon: Daemon) -> dict:
+    from musebot.server.control import Control
+
+    return Control(daemon).status()
+
+
+def late_note_ons(daemon: Daemon, tag_prefix: str) -> list[float]:
+    """Lateness (s) of the note-ons of ``tag_prefix`` the scheduler sent more than LATE_LIMIT_S late."""
+    return [sent - due for due, sent, msg, tag in daemon.sends
+            if tag and tag.startswith(tag_prefix) and msg[0] & 0xF0 == 0x90 and msg[2] > 0
+            and sent - due > LATE_LIMIT_S]
+
+
+def test_a_model_slower_than_the_music_answers_without_late_notes_or_stalls(slow_model, jack):
+    config = ServeConfig(bpm=BPM, silence_ms=250, seed=3, max_answer_beats=8)
+    daemon = serve(config, ServeOptions(model=str(slow_model)))
+    musician = Musician()
+    try:
+        daemon.session.set_constraints(max_time_gap=1)  # the densest answers: more than the model can make
+        answers = []
+        for _ in range(4):
+            release = musician.play([(p, 0.06) for p in PHRASE])
+            musician.wait_for(lambda h, r=release: any(t > r for t, _ in note_ons(h)), timeout=8)
+            time.sleep(1.5)  # the answer (8 beats at 400 bpm: 1.2 s, later if it was delayed) plays out
+            answers.append([t for t, _ in note_ons(musician.snapshot()) if t > release])
+        report = status(daemon)
+        generation = report["telemetry"]["generation"]
+        # The status says the model is slower than the music.
+        assert generation["headroom"] is not None and generation["headroom"] < 1.0, generation
+        assert generation["behind"] is True
+        # Every call was answered, each answer as one phrase: no gap between its notes longer than the
+        # longest the constraints allow (a step) plus the scheduling slack; so no stall mid-answer.
+        assert all(answers), [len(a) for a in answers]
+        step_s = 60.0 / BPM / 16
+        gaps = [b - a for answer in answers for a, b in itertools.pairwise(answer)]
+        assert max(gaps) < 2 * step_s + LATE_LIMIT_S, (max(gaps), generation)
+        assert generation["delayed_answers"] + generation["shortened_answers"] >= 1, generation
+        assert late_note_ons(daemon, ANSWER_TAG) == []
+        assert report["telemetry"]["dropped_late"] == 0
+    finally:
+        daemon.close()
+        time.sleep(0.3)
+        heard = musician.snapshot()
+        musician.close()
+    assert hanging_notes(heard) == set()
+
+
+def test_an_accompaniment_by_a_model_slower_than_the_music_keeps_playing_and_says_it_is_behind(slow_model, jack):
+    band = BandConfig.for_mode("accompany", parts=["bass", "chords"], key="C major")
+    daemon = serve(ServeConfig(bpm=BPM, seed=5), ServeOptions(mode="accompany", model=str(slow_model), band=band))
+    daemon.session.max_time_gap = 1  # the densest parts: more events per beat than the model can make
+    musician = Musician()
+    try:
+        beat = 60.0 / BPM
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() - start < 12.0:  # an endless melody in eighths, 12 s (80 beats)
+            musician.send(0x90, PHRASE[i % len(PHRASE)], 90)
+            time.sleep(beat / 2 * 0.9)
+            musician.send(0x80, PHRASE[i % len(PHRASE)], 0)
+            time.sleep(beat / 2 * 0.1)
+            i += 1
+        report = status(daemon)
+        generation = report["telemetry"]["generation"]
+        assert generation["headroom"] is not None and generation["headroom"] < 1.0, generation
+        assert report["state"] == "behind"
+        assert generation["replayed_bars"] + generation["leaps"] >= 1, generation
+        assert report["band"]["telemetry"]["dropped"] == generation["dropped"]
+        # It kept playing: part notes in every 2-second stretch of the last 8 seconds, never a silence of a
+        # minute; the ones it could not make in time were dropped, none sent late.
+        ons = [due for due, sent, msg, tag in daemon.sends
+               if tag and tag.startswith(PART_TAG) and msg[0] & 0xF0 == 0x90 and msg[2] > 0]
+        end = max(ons)
+        assert all(any(end - 2 * (k + 1) < t <= end - 2 * k for t in ons) for k in range(4)), ons
+        assert late_note_ons(daemon, PART_TAG) == []
+    finally:
+        daemon.close()
+        time.sleep(0.3)
+        heard = musician.snapshot()
+        musician.close()
+    assert hanging_notes(heard) == set()
