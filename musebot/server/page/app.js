@@ -440,7 +440,9 @@
         ["sched. error p50", fmt(tm.scheduling_error_ms.p50, " ms")],
         ["sched. error p99", fmt(tm.scheduling_error_ms.p99, " ms")],
         ["late", tm.late], ["dropped late", tm.dropped_late], ["sent", tm.sent],
-        ["headroom", g ? fmt(g.headroom, "×") : "–"],
+        // Below 1 the model is slower than the music: the daemon says so and plans with it.
+        ["headroom", g ? fmt(g.headroom, "×") + (g.behind ? " (behind: slower than the music)" : "") : "–"],
+        ["dropped (too late)", g && g.dropped !== undefined ? g.dropped : "–"],
         ["answers", fmt(tm.counts.answers)], ["barge-ins", fmt(tm.counts.barge_ins)], ["panics", fmt(tm.counts.panics)],
         ["clients", s.clients.observers],
       ];
