@@ -146,3 +146,18 @@ def test_the_shipped_model_runs_inplace_int8_graphs():
     rows = engine.generate(16, None, NO_EOS, np.random.default_rng(0))
     assert rows.shape == (1, 16, 8) and engine._past.length == 17
     np.testing.assert_allclose(engine._history.hidden, engine.hidden_uncached(engine.rows), atol=1e-3)
+
+
+def test_a_long_session_of_prefills_of_every_length_keeps_a_bounded_set_of_output_arrays(inplace, prompt):
+    # A live session prefills contexts of ever-different lengths (key changes, trims, re-plans): the output
+    # arrays kept for reuse are those of a step, so the process does not grow with each new length.
+    from musebot.engine.inplace import KEPT_OUTPUT_ROWS, KEPT_OUTPUTS
+
+    runner = inplace.runner
+    for n in range(20, len(prompt) + 1):
+        inplace.reset()
+        inplace.append(prompt[:n])
+        inplace.step()
+    assert len(runner._out) <= KEPT_OUTPUTS
+    assert all(shape[1] <= KEPT_OUTPUT_ROWS for shape in runner._out)
+    assert any(shape[1] == 1 for shape in runner._out)  # a step's output is still reused

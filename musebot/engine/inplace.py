@@ -19,6 +19,7 @@ import onnxruntime as ort
 from musebot.engine.runners import CpuRunner, GraphShape
 
 MIN_CAPACITY = 64
+KEPT_OUTPUT_ROWS, KEPT_OUTPUTS = 16, 64  # output arrays kept for reuse: shapes of at most 16 rows, 64 shapes
 INPLACE_MARK = "seqlens_k"  # the graph input that tells an in-place pair from the reference interface
 
 
@@ -79,7 +80,11 @@ class InPlaceRunner(CpuRunner):
         out = self._out.get(shape)
         if out is None:
             array = np.empty(shape, dtype)
-            out = self._out[shape] = (array, ort.OrtValue.ortvalue_from_numpy(array))
+            out = (array, ort.OrtValue.ortvalue_from_numpy(array))
+            # Kept for the shapes of a step, which repeat; a prefill's length is one-off, and keeping every
+            # one grew the process for hours (hundreds of MB in a soak).
+            if shape[1] <= KEPT_OUTPUT_ROWS and len(self._out) < KEPT_OUTPUTS:
+                self._out[shape] = out
         return out
 
     def _run(self, session: ort.InferenceSession, cache: InPlaceCache, names: list[str], outputs: list[str],
