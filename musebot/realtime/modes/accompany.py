@@ -476,8 +476,8 @@ class Accompanist(Band):
             self.plan_stats["behind"] += 1
             level = logging.WARNING if self.plan_stats["behind"] == 1 else logging.DEBUG
             log.log(level, "accompany: generation behind the music (headroom %s); degraded: no guessing of the "
-                    "musician, %.2f-beat plan, the last bar replayed where nothing is ready",
-                    "?" if headroom is None else f"{headroom:.2f}", self.band.min_plan_beats)
+                    "musician, the last bar replayed (or the plan moved ahead) where nothing is ready",
+                    "?" if headroom is None else f"{headroom:.2f}")
         elif (self.degraded and headroom is not None and headroom >= RECOVER_HEADROOM
               and end >= playhead + self.band.min_plan_beats * STEPS_PER_BEAT):
             # (the degraded plan reaches min_plan_beats only: waiting for plan_beats would never recover)

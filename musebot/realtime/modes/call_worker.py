@@ -508,8 +508,9 @@ class ModelAnswerer(Answerer):
             return
         if not self._warned_slow:
             self._warned_slow = True
-            log.warning("engine worker: the model generates %.2f s of music per s of compute, slower than it "
-                        "is played: answers start later or are shorter so that none stalls", headroom)
+            log.warning("engine worker: the model generates only %.2f s of music per s of compute, too little "
+                        "to stay ahead of an answer: answers start later or are shorter so that none stalls",
+                        headroom)
         rate = max(headroom * RATE_SAFETY, 1e-3)
         ahead_s = (self._ahead_steps[-1] - first_step) / self._steps_per_s if self._ahead_steps else 0.0
         length = answer.length_s
