@@ -187,6 +187,10 @@ def session_options(threads: int) -> ort.SessionOptions:
     # Spinning worker threads burn the cores the MIDI and audio threads need; sleep instead.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # A memory pattern is planned and kept for every new set of input shapes, and a live session meets new
+    # ones for hours (prefills of every length, head slices, cache capacities): the process grew with them.
+    # Measured: the same speed without it (5,600 steps 88.6 s against 89.6 s), 20 MB less at the plateau.
+    options.enable_mem_pattern = False
     options.log_severity_level = 3
     return options
 
