@@ -82,7 +82,7 @@ class Ear:
     def __init__(self, rtmidi, port: str) -> None:
         self.heard: list[tuple[float, tuple[int, ...]]] = []
         self._lock = threading.Lock()
-        self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="soak-ear")
+        self._in = _jack_client(rtmidi.MidiIn, "soak-ear")
         self._in.ignore_types(sysex=True, timing=True, active_sense=True)
         self._in.open_port(_wait_for_port(self._in, port), "in")
         self._poller = MidiPoller(self._in, self._hear, "soak-ear")
@@ -109,7 +109,7 @@ class Musician:
         self.rng = random.Random(seed)
         self.phrases: list[tuple[float, float]] = []  # (first note-on, last note-off) of each call
         self.notes = 0
-        self._out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="soak-musician")
+        self._out = _jack_client(rtmidi.MidiOut, "soak-musician")
         self._out.open_port(_wait_for_port(self._out, IN_PORT), "out")
         self._stop = threading.Event()
         self._held: set[int] = set()
@@ -182,6 +182,19 @@ class Musician:
         self._thread.join(10)
         self._out.close_port()
         self._out.delete()
+
+
+def _jack_client(kind, name: str, tries: int = 5):
+    """A JACK client of rtmidi's ``kind``; a busy machine sometimes refuses the first attempt ("JACK server
+    not running?" while it runs), so it is tried again a few times."""
+    import rtmidi
+
+    for _ in range(tries - 1):
+        try:
+            return kind(rtmidi.API_UNIX_JACK, name=name)
+        except rtmidi.SystemError:
+            time.sleep(1.0)
+    return kind(rtmidi.API_UNIX_JACK, name=name)
 
 
 def _wait_for_port(client, name: str, timeout: float = 30.0) -> int:
