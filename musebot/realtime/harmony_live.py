@@ -19,7 +19,12 @@ import math
 
 from musebot.realtime.chord_tracker import ChordTracker
 from musebot.realtime.chords import Chart, Chord, load_chart_file, parse_chart
-from musebot.realtime.harmony_parts import allowed_pitch_classes, strong_beat
+from musebot.realtime.harmony_parts import (
+    BASS_ARRIVAL_BEATS,
+    ONSET_TOLERANCE,
+    allowed_pitch_classes,
+    strong_beat,
+)
 
 HARMONY_MODES = ("chart", "follow", "key")
 FOLLOW_MEMORY = 64  # tracked chord changes kept (the looper asks about the last few bars)
@@ -89,6 +94,8 @@ class Harmony:
         if chord is None:
             return None if role == "drums" else key_scale
         strong = strong_beat(beat, start, self.beats_per_bar)
+        if role == "bass" and start - ONSET_TOLERANCE <= beat < start + BASS_ARRIVAL_BEATS:
+            strong = True  # the bass's first note over a new chord is one of its tones (it states the change)
         return allowed_pitch_classes(chord, role, strong, key_scale)
 
     def next_change(self, beat: float) -> float:

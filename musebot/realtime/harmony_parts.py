@@ -22,6 +22,9 @@ from musebot.realtime.chords import Chart, Chord
 ROLES = ("bass", "chords", "melody", "drums", "pad")
 ONSET_TOLERANCE = 0.125  # beats: a note this close to a chord change or strong beat is on it
 
+VOICING_TENSIONS = frozenset({1, 2, 3, 8, 9})  # semitones above the root: b9 9 #9 b13 13
+BASS_ARRIVAL_BEATS = 1.0  # the bass states a new chord within this many beats of the change
+
 
 def strong_beat(beat: float, span_start: float, beats_per_bar: float = 4.0, bar_start: float = 0.0) -> bool:
     """Whether a note starting at ``beat`` falls on a chord change (``span_start``) or a strong beat: the
@@ -48,7 +51,10 @@ def allowed_pitch_classes(chord: Chord | None, role: str, strong: bool = True,
     if role == "bass" and strong:
         return tones
     if role == "chords":
-        extra = chord.tensions
+        # Voicings: chord tones with the 9ths and 13ths they may carry (b9, 9, #9, b13, 13), and any
+        # extension the symbol writes (an 11th only when written: over most chords it clashes).
+        extra = frozenset(pc for pc in chord.tensions if (pc - chord.root) % 12 in VOICING_TENSIONS)
+        extra |= chord.extension_classes
     else:
         extra = chord.scale  # bass between strong beats, melody, pad
     if key_scale is not None:
@@ -62,6 +68,8 @@ def pitch_classes_at(chart: Chart, role: str, beat: float, key_scale: frozenset[
     downbeat is ``bar_start``: the chord in force there, and whether the beat is strong."""
     chord, start, _ = chart.chord_at(beat - bar_start)
     strong = strong_beat(beat - bar_start, start, chart.beats_per_bar)
+    if role == "bass" and start - ONSET_TOLERANCE <= beat - bar_start < start + BASS_ARRIVAL_BEATS:
+        strong = True  # the bass's first note over a new chord is one of its tones
     return allowed_pitch_classes(chord, role, strong, key_scale)
 
 
@@ -69,3 +77,13 @@ def next_change(chart: Chart, beat: float, bar_start: float = 0.0) -> float:
     """The beat (absolute) of the next chord change after ``beat``: the planner re-masks when it is near."""
     _, _, end = chart.chord_at(beat - bar_start)
     return end + bar_start
+
+
+def chart_tonic(chart: Chart) -> int:
+    """The major key a chart is in, as its tonic's pitch class, read from its last chord (tunes end home):
+    a minor last chord is the relative minor (Gm6 -> Bb major)."""
+    chord = next((c for c in reversed(chart.chords) if not c.is_no_chord), None)
+    if chord is None:
+        return 0
+    minor = (chord.root + 3) % 12 in chord.tones and (chord.root + 4) % 12 not in chord.tones
+    return (chord.root + 3) % 12 if minor else chord.root

@@ -33,7 +33,8 @@ from musebot.engine.masks import DRUM_CHANNEL
 from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
-from musebot.realtime.constraints import KeyFollower, LiveSettings, PartMasks, PartsConfigError
+from musebot.realtime.constraints import KeyFollower, LiveSettings, PartMasks, PartsConfigError, shift_to_c
+from musebot.realtime.harmony_parts import chart_tonic
 from musebot.realtime.inbox import Inbox
 from musebot.realtime.io.outputs import Output
 from musebot.realtime.modes.band import MUSICIAN_TRACK, PART_TAG, Band, BandConfig
@@ -249,11 +250,14 @@ class Accompanist(Band):
             self._musician_off(beat, pitch)
         if self.key_follower is not None:
             self.key_follower.hear(beat, pitch)
-            if self.key_follower.shift != self.shift:
+            # Over a chart the key is the chart's (its last chord's), not a guess from the melody: a shift
+            # that moved with the guess would move planned notes off the chords they were masked for.
+            chart = self.harmony.chart if self.harmony.mode == "chart" else None
+            wanted = shift_to_c(chart_tonic(chart)) if chart is not None else self.key_follower.shift
+            if wanted != self.shift:
                 # The whole context is re-read in the new transposition at the next sync (one prefill).
-                log.info("accompany: the musician's key moved; the model now hears %+d semitones",
-                         self.key_follower.shift)
-                self.shift = self.key_follower.shift
+                log.info("accompany: the key moved; the model now hears %+d semitones", wanted)
+                self.shift = wanted
                 self._drop_plan()
         item = _Item(step, MUSICIAN_TRACK, 0, pitch, velocity, STEPS_PER_BEAT)
         self._held[pitch] = item
