@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import pytest
 
 from musebot.realtime.clock import now
+from musebot.realtime.errors import NoMidiSystemError
+from musebot.realtime.io import system
 from musebot.realtime.io.poller import MidiPoller
 from musebot.realtime.io.system import forget_jack_server, start_dummy_jack, stop_dummy_jack
 
@@ -156,13 +158,10 @@ class Musician:
 
 
 def wait_for_port(client, name: str, timeout: float = 5.0) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        ports = client.get_ports()
-        if name in ports:
-            return ports.index(name)
-        time.sleep(0.02)
-    raise AssertionError(f"JACK port {name!r} did not appear (ports: {client.get_ports()})")
+    try:
+        return system.wait_for_port(client, name, timeout)
+    except NoMidiSystemError as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 def note_ons(heard) -> list[tuple[float, tuple[int, ...]]]:

@@ -84,7 +84,7 @@ class Ear:
         self._lock = threading.Lock()
         self._in = _jack_client(rtmidi.MidiIn, "soak-ear")
         self._in.ignore_types(sysex=True, timing=True, active_sense=True)
-        self._in.open_port(_wait_for_port(self._in, port), "in")
+        self._in.open_port(ports.wait_for_port(self._in, port, timeout=30.0), "in")
         self._poller = MidiPoller(self._in, self._hear, "soak-ear")
 
     def _hear(self, t: float, message: list[int]) -> None:
@@ -110,7 +110,7 @@ class Musician:
         self.phrases: list[tuple[float, float]] = []  # (first note-on, last note-off) of each call
         self.notes = 0
         self._out = _jack_client(rtmidi.MidiOut, "soak-musician")
-        self._out.open_port(_wait_for_port(self._out, IN_PORT), "out")
+        self._out.open_port(ports.wait_for_port(self._out, IN_PORT, timeout=30.0), "out")
         self._stop = threading.Event()
         self._held: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="soak-musician", daemon=True)
@@ -195,16 +195,6 @@ def _jack_client(kind, name: str, tries: int = 5):
         except rtmidi.SystemError:
             time.sleep(1.0)
     return kind(rtmidi.API_UNIX_JACK, name=name)
-
-
-def _wait_for_port(client, name: str, timeout: float = 30.0) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        names = client.get_ports()
-        if name in names:
-            return names.index(name)
-        time.sleep(0.05)
-    raise RuntimeError(f"JACK port {name!r} did not appear within {timeout:.0f} s")
 
 
 def _free_port() -> int:

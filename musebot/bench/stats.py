@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
 from musebot.realtime import midi
 from musebot.realtime.clock import now
-from musebot.realtime.errors import NoMidiSystemError
 from musebot.realtime.io import system as ports
 from musebot.realtime.io.poller import MidiPoller
 
@@ -33,22 +31,12 @@ class Probe:
         self.heard: list[tuple[float, tuple[int, ...]]] = []
         self._lock = threading.Lock()
         self.ear = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="bench-ear")
-        self.ear.open_port(self._find(self.ear, listen_to), "in")
+        self.ear.open_port(ports.wait_for_port(self.ear, listen_to), "in")
         self._poller = MidiPoller(self.ear, self._hear, "bench-ear")
         self.key = None
         if play_to:
             self.key = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="bench-key")
-            self.key.open_port(self._find(self.key, play_to), "out")
-
-    @staticmethod
-    def _find(client, name: str) -> int:
-        end = time.monotonic() + 5
-        while time.monotonic() < end:
-            names = client.get_ports()
-            if name in names:
-                return names.index(name)
-            time.sleep(0.02)
-        raise NoMidiSystemError(f"JACK port {name!r} did not appear")
+            self.key.open_port(ports.wait_for_port(self.key, play_to), "out")
 
     def _hear(self, t: float, message: list[int]) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,3 +356,17 @@ def open_named_port(client, wanted: str, what: str, port_name: str) -> str:
         )
     client.open_port(index, port_name)
     return names[index]
+
+
+def wait_for_port(client, name: str, timeout: float = 5.0) -> int:
+    """Index of port ``name`` among ``client``'s, waiting up to ``timeout`` s for it to appear (a JACK
+    client registers its ports a moment after it is made); NoMidiSystemError when it never does."""
+    end = time.monotonic() + timeout
+    while True:
+        names = client.get_ports()
+        if name in names:
+            return names.index(name)
+        if time.monotonic() >= end:
+            raise NoMidiSystemError(f"JACK port {name!r} did not appear within {timeout:.0f} s "
+                                    f"(ports: {', '.join(names) or 'none'})")
+        time.sleep(0.02)
