@@ -256,14 +256,18 @@ class Daemon:
                 for observer in self.observers:
                     observer.on_input(t, data)
             with self._session_lock:
-                data = None
-                try:
-                    for t, data in batch:
-                        self.session.handle(t, data)
-                    self.session.tick(now())
-                except Exception:  # a bug must not leave notes sounding nor stop the daemon
-                    log.exception("listener: error while handling %r; panic", data)
-                    self.session.panic(now(), "exception in the listener")
+                for t, data in batch:
+                    self._guarded(self.session.handle, t, data)
+                self._guarded(self.session.tick, now())
+
+    def _guarded(self, step, *args: object) -> None:
+        """One step of the session; a bug in it must not leave notes sounding, nor stop the daemon, nor
+        lose the rest of the batch."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("listener: error while handling %r; panic", args[-1])
+            self.session.panic(now(), "exception in the listener")
 
     def _next_batch(self) -> list[tuple[float, object]]:
         """The messages waiting (up to LISTEN_BATCH; waits a moment for the first). Under a flood the
