@@ -188,8 +188,10 @@ def test_the_shipped_key_normalised_model_accompanies_f_sharp_major_in_f_sharp_m
 
     # The shipped model was trained in C major / A minor: it hears the session moved to C (-6 semitones for
     # F#) and its notes are moved back, so the parts sound in the musician's key.
+    # At 120 bpm, not the file's 240: the key settles at beat 3 and the re-plan it causes must not leave the
+    # parts a beat of 250 ms to catch up in on a busy 2-core machine (1 part note in 12 beats in CI).
     out = MemoryOutput()
-    band = make_band(ServeConfig(bpm=BPM, seed=5), BandConfig(parts=["bass", "chords"]), scheduler, [out],
+    band = make_band(ServeConfig(bpm=120, seed=5), BandConfig(parts=["bass", "chords"]), scheduler, [out],
                      str(DEFAULT_MODEL_DIR))
     assert band.engine.config.get("key_normalised")
     perform(band, melody(F_SHARP_MELODY * 3, 0.0), until_beat=12.0)
