@@ -161,3 +161,26 @@ def test_a_long_session_of_prefills_of_every_length_keeps_a_bounded_set_of_outpu
     assert len(runner._out) <= KEPT_OUTPUTS
     assert all(shape[1] <= KEPT_OUTPUT_ROWS for shape in runner._out)
     assert any(shape[1] == 1 for shape in runner._out)  # a step's output is still reused
+
+
+def test_a_reserved_engine_never_reallocates_its_cache_or_history_and_answers_alike(reference_dir, model_dir, prompt):
+    # A live session reserves its bounded context up front: resets, prefills of every length and steps
+    # then run in the same buffers (no growth over a gig), and give the same events as an unreserved engine.
+    plain = inplace_engine(reference_dir / "sky_shared", model_dir)
+    reserved = inplace_engine(reference_dir / "sky_shared", model_dir)
+    reserved.reserve(96)
+    assert reserved.n_events == 0 and reserved._past.capacity == 96
+    rows_buffer = reserved._history._rows
+    for n in (1, 40, 64):
+        for engine in (plain, reserved):
+            engine.reset()
+            engine.append(prompt[:n])
+        first = plain.generate(24, WIDE, NO_EOS, np.random.default_rng(n))
+        again = reserved.generate(24, WIDE, NO_EOS, np.random.default_rng(n))
+        np.testing.assert_array_equal(first, again)
+        assert reserved._past.capacity == 96 and reserved._history._rows is rows_buffer
+    np.testing.assert_allclose(reserved._history.hidden, reserved.hidden_uncached(reserved.rows), atol=TOL)
+    reserved.reset()
+    reserved.append(prompt)
+    reserved.generate(40, WIDE, NO_EOS, np.random.default_rng(0))  # past the reservation: it grows, as before
+    assert reserved._past.capacity >= 104 and reserved._past.length == 104

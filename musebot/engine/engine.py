@@ -57,6 +57,10 @@ class _History:
         self._hidden = np.zeros((batch, 64, hidden_size), dtype)
 
     @property
+    def batch(self) -> int:
+        return self._rows.shape[0]
+
+    @property
     def rows(self) -> np.ndarray:
         return self._rows[:, : self.n]
 
@@ -138,6 +142,7 @@ class Engine:
             raise ValueError(f"window must hold at least 2 events, got {self.window}")
         self.batch = 1
         self._history = _History()  # every appended row and its event-model output, per branch
+        self.reserved = 0  # events the history and cache are sized for from the start (``reserve``)
         self._past: list = runner.empty(runner.base_shape, 1)
         self._ctx_start = 0  # history index where the cached context starts (after the pinned BOS row)
         self._pinned = False  # whether history row 0 (BOS) is kept in front of a slid window
@@ -230,10 +235,29 @@ class Engine:
             raise EngineStateError("no row appended yet: append a prompt (at least the BOS row) first")
         return self._history.hidden[:, -1].astype(np.float32)
 
+    def reserve(self, n_events: int, warm: bool = True) -> None:
+        """Size the history and the event model's cache for ``n_events`` from the start, so a session that
+        stays within that many events allocates nothing more as its context fills (a cache otherwise grows
+        by doubling as it is needed). ``warm`` also runs one prefill of that length and forgets it: ONNX
+        Runtime's memory arena then reaches the size the longest prefill needs at once, not over an hour.
+        Runners without preallocated caches keep only the history's reservation."""
+        n_events = self.reserved = min(int(n_events), self.window)
+        self._history._reserve(n_events)
+        if hasattr(self.runner, "reserved"):
+            self.runner.reserved = n_events
+        if warm and n_events > 0:
+            self.reset()
+            self.append(np.full((n_events, 8), self.vocab.pad_id, np.int64))
+        self.reset()
+
     def reset(self) -> None:
         """Forget everything (one branch, empty cache)."""
         self.batch = 1
-        self._history = _History()
+        if self._history.batch == 1:
+            self._history.truncate(0)  # its buffers (and their reservation) are kept
+        else:
+            self._history = _History()
+            self._history._reserve(self.reserved)
         self._past = self.runner.empty(self.runner.base_shape, 1)
         self._ctx_start, self._pinned = 0, False
 

@@ -48,12 +48,15 @@ class InPlaceRunner(CpuRunner):
         super().__init__(base, token, config)
         self.max_positions = int(config.get("net_config", {}).get("max_position_embeddings", 4096))
         self._token_caches: dict[int, InPlaceCache] = {}
+        self.reserved = 0  # positions every new event-model cache starts with (``Engine.reserve``)
         self._totals = [np.array(n, np.int32) for n in range(self.max_positions + 1)]
         self.hidden_size = int(config.get("n_embd") or base.get_outputs()[0].shape[2])
         # First outputs (hidden, logits) land in arrays kept per shape: no allocation and no get_outputs().
         self._out: dict[tuple, tuple[np.ndarray, ort.OrtValue]] = {}
 
     def empty(self, shape: GraphShape, batch: int, capacity: int = 0) -> InPlaceCache:  # type: ignore[override]
+        if shape is self.base_shape:
+            capacity = max(capacity, self.reserved)
         size = (batch, shape.heads, capacity, shape.head_dim)
         return InPlaceCache([np.zeros(size, shape.dtype) for _ in range(2 * shape.layers)])
 

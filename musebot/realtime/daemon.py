@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 CLIENT_NAME = "musebot"  # the input's client: "musebot:in"; the virtual output's: "musebot-out:out"
 HEALTH_PERIOD_S = 0.5
 LISTEN_BATCH = 256  # messages handled per pass of the listener (one tick per pass)
-MAX_BACKLOG_S = 0.5  # input older than this when the listener reaches it is dropped (a flood: newest wins)
+MAX_BACKLOG_S = 0.25  # input older than this when the listener reaches it is dropped (a flood: newest wins)
 LOST_QUIET_S = 0.15  # after input was lost, this much quiet releases the keys the session thinks held
 
 
@@ -240,18 +240,18 @@ class Daemon:
         self.stop_event.set()
 
     def _listen(self) -> None:
-        last_input = now()
+        last_input = now()  # the arrival time of the latest message
         while not self.stop_event.is_set():
             batch = self._next_batch()
             t_now = now()
             if batch:
-                last_input = t_now
+                last_input = max(last_input, batch[-1][0])
             elif self._input_lost and t_now - last_input > LOST_QUIET_S:
                 # Messages were lost (a flood overflowed the input): a note-off among them would hold a key
                 # for ever. Once the input is quiet, the musician holds nothing we can trust.
                 self._input_lost = False
                 with self._session_lock:
-                    self.session.input_lost(t_now)
+                    self.session.input_lost(t_now, last_input)
             for t, data in batch:
                 for observer in self.observers:
                     observer.on_input(t, data)

@@ -72,9 +72,10 @@ class Session:
     def tick(self, t: float) -> None:
         """Advance to time ``t`` (called by the listener between messages)."""
 
-    def input_lost(self, t: float) -> None:
-        """Input messages were dropped (a flood) and the input is quiet now: whatever the session thinks
-        the musician holds may have been released unheard."""
+    def input_lost(self, t: float, last: float) -> None:
+        """Input messages were dropped (a flood) and the input has been quiet since ``last`` (the time of
+        its latest message; ``t`` is now): whatever the session thinks the musician holds may have been
+        released unheard."""
 
     def panic(self, t: float, reason: str, all_channels: bool = False) -> None:
         """Drop everything scheduled and silence every output (see ``io/ledger.py``)."""

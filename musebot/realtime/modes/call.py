@@ -157,15 +157,16 @@ class Duet(Session):
             return False
         return True
 
-    def input_lost(self, t: float) -> None:
+    def input_lost(self, t: float, last: float) -> None:
         if not self.tracker.anything_held:
             return
         log.warning("input was lost in a flood: the keys it left held are released")
-        ready = self.tracker.release_all(t)
+        ready = self.tracker.release_all(last)
         if ready:
             self.answerer.add_notes(ready)
         if self.state == "listening":
-            self._phrase_over(t, t + self.config.silence_s)
+            # The silence counts from the musician's last message, as it would had nothing been lost.
+            self._phrase_over(last, max(last + self.config.silence_s, t))
 
     # ---- time ----------------------------------------------------------------------------------------
     def tick(self, t: float) -> None:
