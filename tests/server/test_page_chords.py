@@ -9,7 +9,7 @@ from musebot.realtime.modes.band import BandConfig
 from tests._server_fixtures import api_url, http, serving
 
 # The Chromium fixture, and the mark that skips only where chromium is not installed.
-from tests.server.test_page import ARTIFACTS, browser, pytestmark  # noqa: F401
+from tests.server.test_page import ARTIFACTS, browser, page_of, pytestmark  # noqa: F401
 
 CHART = "Dm7 | G7 | Cmaj7 | A7b9"
 
@@ -18,11 +18,7 @@ def test_the_page_shows_the_chart_the_current_bar_and_chord_and_edits_the_chart(
     band = BandConfig.for_mode("looper", chords=CHART)
     with serving(tmp_path, mode="looper", answer=None, band=band) as daemon:
         daemon.session.set_tempo(240)  # a bar a second: the page's status poll sees the bars go by
-        context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 860})
-        page = context.new_page()
-        problems = []
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        try:
+        with page_of(browser) as (page, problems):
             page.goto(api_url(daemon, "/"))
             page.wait_for_function("document.querySelectorAll('#chart-bars li').length === 4")
             assert page.locator("#chart-bars li").all_inner_texts() == CHART.split(" | ")
@@ -52,5 +48,3 @@ def test_the_page_shows_the_chart_the_current_bar_and_chord_and_edits_the_chart(
             page.wait_for_function("document.getElementById('settings-error').textContent.includes('Hb7')")
             assert "bar 2" in page.inner_text("#settings-error")
             assert problems == []
-        finally:
-            context.close()
