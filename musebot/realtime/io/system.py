@@ -92,6 +92,7 @@ def start_dummy_jack(server: str, rate: int = 48000, period: int = 64, timeout: 
     jackd = shutil.which("jackd")
     if jackd is None:
         raise NoMidiSystemError("jackd is not installed (apt install jackd2)")
+    forget_dead_jack_servers()
     process = subprocess.Popen(
         [jackd, "-n", server, "-d", "dummy", "-r", str(rate), "-p", str(period)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -167,6 +168,18 @@ def forget_jack_server(server: str, pid: int) -> list[str]:
                     (SHM_DIR / segment).unlink()
                     removed.append(segment)
             reg[at + 4:at + entry_len] = bytes(entry_len - 4)  # allocator, size, id; the index stays
+    return removed
+
+
+def forget_dead_jack_servers(prefix: str = "musebot-") -> list[str]:
+    """:func:`forget_jack_server` for every server named ``prefix...`` whose process is gone: what runs
+    killed without cleanup (SIGKILL, a killed test run or benchmark) left in the registry's eight slots.
+    Another program's servers, and live ones, are left alone. Returns what was removed."""
+    uid = os.getuid()
+    removed = []
+    for pid, entry in registered_jack_servers():
+        if entry.startswith(f"jack-{uid}:{prefix}") and entry.endswith(":") and not Path(f"/proc/{pid}").exists():
+            removed += forget_jack_server(entry[len(f"jack-{uid}:"):-1], pid)
     return removed
 
 

@@ -65,3 +65,17 @@ def test_another_servers_entry_is_left_alone():
         mine.process.wait(5)
         mine.kill()
         assert leftovers(other.name, other.process.pid)["registry"]  # the live one keeps its slot
+
+
+def test_starting_a_server_forgets_the_entries_of_musebot_servers_killed_earlier():
+    # A killed test run or benchmark (SIGKILL to pytest: no fixture cleanup) leaves its servers' slots;
+    # eight of them and no server starts. The next start clears those of dead musebot servers only.
+    dead = JackServer(f"musebot-test-{os.getpid()}-dead")
+    dead.start()
+    pid = dead.process.pid
+    os.kill(pid, signal.SIGKILL)
+    dead.process.wait(5)
+    assert leftovers(dead.name, pid)["registry"]
+    with jack_server("-next") as server:
+        assert leftovers(dead.name, pid) == {"registry": [], "files": [], "pid_alive": False}
+        assert leftovers(server.name, server.process.pid)["registry"]
