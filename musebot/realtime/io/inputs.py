@@ -16,6 +16,8 @@ from musebot.realtime.timebase import ClockFollower
 
 log = logging.getLogger(__name__)
 
+RTMIDI_QUEUE = 65536  # messages RtMidi itself buffers for the poller (see RtMidiInput.open)
+
 
 class RtMidiInput:
     """An input port read by a :class:`~musebot.realtime.io.poller.MidiPoller` that only timestamps and
@@ -51,7 +53,11 @@ class RtMidiInput:
         """(Re)make the rtmidi client; raises PortNotFoundError when a named port is absent."""
         rtmidi = system.rtmidi_module()
         self.close()
-        midi_in = rtmidi.MidiIn(self.api, name=self.client_name, queue_size_limit=4096)
+        # RtMidi's own queue drops messages silently when full (it only prints "message queue limit
+        # reached"): a note-off lost there holds a key until the held-key timeout, and nothing tells the
+        # listener that input was lost. So it is large (6 s of a 10k msg/s flood, a few MB): the poller
+        # drains it into our queue, where an overflow or a stale message is counted and handled.
+        midi_in = rtmidi.MidiIn(self.api, name=self.client_name, queue_size_limit=RTMIDI_QUEUE)
         # Sysex, MIDI clock and active sensing never reach the listener (they carry nothing it uses).
         midi_in.ignore_types(sysex=True, timing=True, active_sense=True)
         if self.port is None:

@@ -21,6 +21,11 @@ its end the Duet's beat tracker gives the tempo and a beat time (:meth:`follow`)
 that grid (only the rows that change are rolled back and prefilled again, as on a key change), the model
 generates on it, and the answer's beats fall on the musician's: its first note keeps its place within the
 beat, starting in the beat that is due.
+
+A flood (more messages than the worker's inbox holds, which then drops the oldest): the context no longer
+records the music, and the flood's random notes would move the tracked key again and again, each move a
+re-read of the whole context. So once the inbox has dropped anything, the context is cut to its newest
+``FLOOD_KEEP_EVENTS``: the worker keeps up during the flood and the next phrase after it is answered at once.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ MAX_CONTEXT_EVENTS = 768
 # bounded context, a long call and an answer ahead of it. Memory is then flat from the first minute, not
 # rising for the ten the context takes to fill (measured: +60 MB between minutes 5 and 9 of a soak).
 RESERVED_EVENTS = MAX_CONTEXT_EVENTS + 256
+FLOOD_KEEP_EVENTS = 64  # events of context kept when a flood overflowed the inbox (module docstring)
 # A model slower than the music plans its answers with this share of its measured rate (a step's time
 # varies), and starts an answer at most this many beats late to have enough generated ahead.
 RATE_SAFETY = 0.8
@@ -162,6 +168,7 @@ class ModelAnswerer(Answerer):
         self._call: _Call | None = None
         self._call_begins = False  # a phrase began: the next message opens its _Call
         self._warned_slow = False  # "slower than the music" is logged once
+        self._dropped_seen = 0  # the inbox's dropped count when the context was last cut for a flood
         engine.reserve(RESERVED_EVENTS)
         engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
         self._committed = engine.n_events
@@ -257,6 +264,8 @@ class ModelAnswerer(Answerer):
                 command = self._commands.get_nowait()
             except queue.Empty:
                 command = None
+        if self._commands.dropped != self._dropped_seen and self._answer is None:
+            self._forget_flood()
         answer = self._answer
         if answer is not None and not answer.done:
             self._advance_answer(answer)
@@ -381,12 +390,15 @@ class ModelAnswerer(Answerer):
         self.stats.prefill_rows += len(rows)
         self._trim_context()
 
-    def _trim_context(self) -> None:
-        """Past ``MAX_CONTEXT_EVENTS`` the oldest quarter of the context leaves it: the engine restarts from
-        BOS and the newest rows (its history and cache are then bounded however long the session)."""
-        if self._committed <= MAX_CONTEXT_EVENTS:
+    def _trim_context(self, keep: int | None = None, limit: int | None = None) -> None:
+        """Past ``limit`` events (``MAX_CONTEXT_EVENTS``) the context is cut to its newest ``keep`` (by default
+        the oldest quarter leaves): the engine restarts from BOS and the newest rows (its history and cache
+        are then bounded however long the session)."""
+        limit = MAX_CONTEXT_EVENTS if limit is None else limit
+        keep = limit * 3 // 4 if keep is None else keep
+        if self._committed <= limit:
             return
-        drop = self._committed - MAX_CONTEXT_EVENTS * 3 // 4  # rows 1..drop-1 go; row 0 is BOS
+        drop = self._committed - keep  # rows 1..drop-1 go; row 0 is BOS
         rows = self.engine.rows[0, drop:self._committed]
         self.engine.reset()
         self.engine.append(np.concatenate([[self.engine.vocab.special_row(self.engine.vocab.bos_id)], rows]))
@@ -397,6 +409,13 @@ class ModelAnswerer(Answerer):
             call.committed -= drop - 1
             if call.committed < 1:  # the call began before the kept rows: it is not read again
                 call.overflow, call.messages = True, []
+
+    def _forget_flood(self) -> None:
+        """The inbox dropped messages (a flood, module docstring): only the newest ``FLOOD_KEEP_EVENTS``
+        events of the context stay."""
+        self._dropped_seen = self._commands.dropped
+        self._rollback_ahead()
+        self._trim_context(keep=FLOOD_KEEP_EVENTS, limit=FLOOD_KEEP_EVENTS)
 
     def _change_shift(self, shift: int) -> None:
         """The musician moved to another key: the context is re-read in the new transposition (one prefill,

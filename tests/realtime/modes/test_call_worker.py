@@ -200,3 +200,31 @@ def test_a_long_session_keeps_the_context_bounded_and_goes_on_answering(model_di
         assert engine.n_events <= 24 + len(SCALE) + 2 * call_worker.MAX_GAP_STEPS + worker.config.speculate_events
     finally:
         session.close()
+
+
+def test_a_flood_that_overflows_the_inbox_leaves_a_short_context_and_the_next_call_is_answered(model_dir):
+    # Thousands of notes at once: the inbox drops the oldest, the context (no longer a record of the music)
+    # is cut to its newest events, so no key the flood suggests re-reads a long context, and the next call
+    # is answered as usual.
+    import random
+
+    from musebot.realtime.modes import call_worker
+
+    session = Session(model_dir)
+    rng = random.Random(3)
+    try:
+        t = now()
+        for i in range(3000):
+            pitch = rng.randrange(36, 96)
+            session.duet.handle(t + i * 1e-4, midi.note_on(0, pitch, 90))
+            session.duet.handle(t + i * 1e-4 + 5e-5, midi.note_off(0, pitch))
+        worker = session.answerer
+        session.run_until(now() + 2.0)
+        assert worker.backlog_dropped() > 0
+        assert worker.engine.n_events <= call_worker.FLOOD_KEEP_EVENTS + worker.config.speculate_events + 64
+        before = len(session.answer())
+        release = session.play(start=now())
+        session.run_until(release + SILENCE_S + 1.0)
+        assert len(session.answer()) > before
+    finally:
+        session.close()
