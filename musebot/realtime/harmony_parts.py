@@ -79,11 +79,45 @@ def next_change(chart: Chart, beat: float, bar_start: float = 0.0) -> float:
     return end + bar_start
 
 
+# How much a chord's time says "this key" by its root's degree in the key (semitones above the tonic): the
+# tonic (or its relative minor) most, the subdominant and dominant next, the other diatonic degrees a little.
+DEGREE_WEIGHTS = {0: 1.0, 9: 0.6, 5: 0.5, 7: 0.5, 2: 0.3, 4: 0.2, 11: 0.1}
+MAJOR_SCALE = frozenset({0, 2, 4, 5, 7, 9, 11})
+
+
+def _triad(chord: Chord) -> list[int]:
+    """Root, third and fifth as pitch classes (the sevenths and tensions say little of the key: a blues's
+    dominant sevenths are outside it)."""
+    tones = [chord.root]
+    for options in ((3, 4, 2, 5), (7, 6, 8)):
+        step = next((i for i in options if i in chord.intervals), None)
+        if step is not None:
+            tones.append((chord.root + step) % 12)
+    return tones
+
+
 def chart_tonic(chart: Chart) -> int:
-    """The major key a chart is in, as its tonic's pitch class, read from its last chord (tunes end home):
-    a minor last chord is the relative minor (Gm6 -> Bb major)."""
-    chord = next((c for c in reversed(chart.chords) if not c.is_no_chord), None)
-    if chord is None:
+    """The major key a chart is in, as its tonic's pitch class (a minor tune: its relative major).
+
+    Each key scores every chord by its length in beats: how well the chord's triad sits in the key's scale
+    (a tone outside costs twice a tone inside) plus the weight of its root's degree (``DEGREE_WEIGHTS``);
+    the last chord adds a bar's worth when it is the tonic or the relative minor (tunes end home). A blues
+    in C (C7 F7 G7) is in C, not in F (where its C7 lies) nor in G (its turnaround's last chord)."""
+    scores = [0.0] * 12
+    last = None
+    for bar in chart.bars:
+        for chord, beats in bar:
+            if chord.is_no_chord:
+                continue
+            last = chord
+            triad = _triad(chord)
+            for tonic in range(12):
+                inside = sum((pc - tonic) % 12 in MAJOR_SCALE for pc in triad)
+                fit = (inside - 2 * (len(triad) - inside)) / len(triad)
+                scores[tonic] += beats * (fit + DEGREE_WEIGHTS.get((chord.root - tonic) % 12, 0.0))
+    if last is None:
         return 0
-    minor = (chord.root + 3) % 12 in chord.tones and (chord.root + 4) % 12 not in chord.tones
-    return (chord.root + 3) % 12 if minor else chord.root
+    for tonic in range(12):
+        if (last.root - tonic) % 12 in (0, 9):
+            scores[tonic] += chart.beats_per_bar
+    return max(range(12), key=lambda tonic: scores[tonic])

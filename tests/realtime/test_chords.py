@@ -12,10 +12,12 @@ from musebot.realtime.chords import (
     make_chord,
     parse_chart,
     parse_chord,
+    pitch_class_name,
 )
 from musebot.realtime.harmony_loops import move_over_changes, move_to_chord, root_motion
 from musebot.realtime.harmony_parts import (
     allowed_pitch_classes,
+    chart_tonic,
     next_change,
     pitch_classes_at,
     strong_beat,
@@ -271,3 +273,19 @@ def test_a_bass_line_takes_the_new_slash_bass_and_a_split_bar_follows_each_chord
     assert two[0].pitch % 12 == D  # the bass note C was the root: D, the root of Dm7
     assert two[2].pitch % 12 == D  # G was the fifth of C: D, the fifth of G7
     assert [n.onset for n in two] == [n.onset for n in line]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("C7 | F7 | C7 | % | F7 | % | C7 | % | G7 | F7 | C7 | G7", "C"),  # ends on its turnaround's V
+    ("F7 | Bb7 | F7 | % | Bb7 | % | F7 | D7 | Gm7 | C7 | F7 D7 | Gm7 C7", "F"),
+    ("Dm7 | G7 | Cmaj7 | %", "C"),
+    ("Cm7 F7 | Bbmaj7 G7 | Cm7 F7 | Bbmaj7", "Bb"),
+    ("Cm7 | F7 | Bbmaj7 | Ebmaj7 | Am7b5 D7 | Gm6 | %", "Bb"),  # G minor: its relative major
+    ("Am | Dm | E7 | Am", "C"),
+    ("Dm7b5 | G7alt | Cm6 | % | Fm7 | Bb7 | Ebmaj7 | Dm7b5 G7b9", "Eb"),  # C minor, altered dominants
+    ("G | D | Em | C", "G"),
+    ("Bbmaj7 G7 | Cm7 F7 | Dm7 G7 | Cm7 F7 | Fm7 Bb7 | Ebmaj7 Ab7 | Dm7 G7 | Cm7 F7", "Bb"),
+])
+def test_a_chart_s_key_comes_from_all_its_chords_by_time_not_from_its_last_chord(text, key):
+    # A key-normalised model hears the chart moved from this key to C: a blues in C must not be heard in G.
+    assert pitch_class_name(chart_tonic(parse_chart(text))) == key
