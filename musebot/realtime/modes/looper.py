@@ -111,7 +111,8 @@ class Looper(Band):
         self._bar: int | None = None  # bar whose notes are being collected
         self._decided: int | None = None  # latest bar planned
         self.playing: set[str] = set()  # the musician's roles in the current bar
-        self.history: list[tuple[int, tuple[str, ...], tuple[str, ...]]] = []  # (bar, musician, musebot)
+        # (bar, musician's roles, musebot's) of the latest bars: bounded, a gig has thousands of bars
+        self.history: deque[tuple[int, tuple[str, ...], tuple[str, ...]]] = deque(maxlen=1024)
         self.generator = BarGenerator(engine, self) if engine is not None else None
         self.counts.update({"bars": 0, "replayed": 0, "generated": 0, "multi_role_bars": 0})
 
