@@ -33,6 +33,13 @@ def jack():
         yield server
 
 
+def wait_for_log(caplog, text: str, timeout: float = 3.0) -> None:
+    """Wait until ``text`` is in the captured log (the daemon's threads write it), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def make_daemon(**options) -> Daemon:
     config = ServeConfig(bpm=120, silence_ms=SILENCE_S * 1000, seed=1)
     return Daemon(config, ServeOptions(answer="echo", **options)).start()
@@ -140,13 +147,10 @@ def test_a_named_input_that_vanishes_is_reconnected_when_it_returns(jack, caplog
     try:
         with caplog.at_level(logging.WARNING, logger="musebot.realtime.daemon"):
             keyboard.unplug()
-            deadline = time.monotonic() + 3
-            while "vanished" not in caplog.text and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for_log(caplog, "vanished")
             assert "input port 'tester-kbd:out' vanished" in caplog.text
             keyboard.virtual_keyboard()
-            while "is back" not in caplog.text and time.monotonic() < deadline + 3:
-                time.sleep(0.05)
+            wait_for_log(caplog, "is back", timeout=3)
             assert "input port 'tester-kbd:out' is back" in caplog.text
         time.sleep(0.05)
         keyboard.play(PHRASE)
@@ -163,13 +167,10 @@ def test_the_jack_server_dying_is_reported_and_the_daemon_comes_back_with_it(cap
         try:
             with caplog.at_level(logging.WARNING, logger="musebot.realtime.daemon"):
                 server.kill()
-                deadline = time.monotonic() + 3
-                while "JACK server stopped" not in caplog.text and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                wait_for_log(caplog, "JACK server stopped")
                 assert "JACK server stopped" in caplog.text
                 server.start()
-                while "ports reopened" not in caplog.text and time.monotonic() < deadline + 5:
-                    time.sleep(0.05)
+                wait_for_log(caplog, "ports reopened", timeout=5)
                 assert "JACK server is back: ports reopened" in caplog.text
             m = Musician()
             try:
@@ -233,14 +234,11 @@ def test_a_named_output_that_vanishes_is_released_and_reconnected_when_it_return
             output.send((0x90, 70, 100))  # a note sounding on the synth when it goes away
             synth.close_port()
             synth.delete()
-            deadline = time.monotonic() + 3
-            while "vanished" not in caplog.text and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for_log(caplog, "vanished")
             assert "output port 'tester-synth:in' vanished" in caplog.text
             assert output.ledger.sounding() == []  # released (panic) rather than left for later
             synth = synth_port()
-            while "is back" not in caplog.text and time.monotonic() < deadline + 3:
-                time.sleep(0.05)
+            wait_for_log(caplog, "is back", timeout=3)
             assert "output port 'tester-synth:in' is back: reconnected" in caplog.text
         heard = []
         poller = MidiPoller(synth, lambda _t, message: heard.append(tuple(message)), "tester-synth")
@@ -269,9 +267,8 @@ def test_an_error_in_the_listener_panics_and_the_daemon_keeps_serving(daemon, mu
     answerer.start_answer = broken
     with caplog.at_level(logging.ERROR, logger="musebot.realtime.daemon"):
         musician.play(PHRASE[:1])
-        deadline = time.monotonic() + 3  # the phrase ends after the silence, later on a loaded machine
-        while "listener: error while handling" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # The phrase ends after the silence, later on a loaded machine.
+        wait_for_log(caplog, "listener: error while handling")
     assert "listener: error while handling" in caplog.text
     assert daemon.session.counts["panics"] >= 1
     answerer.start_answer = original
