@@ -145,13 +145,13 @@ def test_following_the_chords_played_the_parts_take_them_from_the_next_beat_and_
     # Both hands: a left-hand root and a right-hand voicing held for a bar each: Dm7, G7, Cmaj7, A7.
     voicings = [(38, (53, 57, 60, 65)), (43, (53, 59, 62, 65)), (36, (52, 55, 59, 64)), (45, (55, 61, 64, 67))]
     events = []
-    for bar, (root, upper) in enumerate(voicings * 2):
+    for bar, (root, upper) in enumerate(voicings * 3):  # three passes: 5-8 bass notes on measured beats
         start = 1 + 4 * bar
         for pitch in (root, *upper):
             events += [(start, (0x90, pitch, 80)), (start + 3.8, (0x80, pitch, 0))]
     seen = []
     try:
-        drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), "35", str(BPM), str(BPM)],
+        drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), "51", str(BPM), str(BPM)],
                                  stdout=subprocess.PIPE, text=True)
         play_at_beats(musician, daemon.session.timebase, events)
         seen.append(daemon.session.band_status()["harmony"])
