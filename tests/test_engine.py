@@ -183,6 +183,22 @@ def test_same_seed_same_events_different_seed_different_events(fresh, prompt):
     assert not np.array_equal(first, third)
 
 
+@pytest.mark.parametrize("constraints", [NO_EOS, Constraints(max_time_gap=4, pitch_classes=frozenset({2, 4, 6, 7, 9, 11, 1}))])
+def test_the_one_branch_path_picks_what_the_general_path_picks(fresh, prompt, constraints):
+    """One branch with one generator takes the lean path of the live daemon; a list of one generator, or
+    kept logits, the general one: the same draws must give the same events (eos included)."""
+    masks = MaskTable(fresh.vocab, constraints)
+    lean = fresh.generate(40, WIDE, masks, np.random.default_rng(7), stop_at_eos=False)
+    lean_hidden = fresh.hidden
+    fresh.rollback(len(prompt))
+    general = fresh.generate(40, WIDE, masks, [np.random.default_rng(7)], stop_at_eos=False)
+    np.testing.assert_array_equal(lean, general)
+    np.testing.assert_allclose(fresh.hidden, lean_hidden, atol=TOL)
+    fresh.rollback(len(prompt))
+    first = fresh.sample_event(WIDE, masks, np.random.default_rng(7), keep_logits=True)
+    np.testing.assert_array_equal(first, lean[:, 0])
+
+
 def test_batched_branches_equal_single_branch_runs(fresh, prompt):
     seeds = (21, 22, 23)
     masks = MaskTable(fresh.vocab, NO_EOS)

@@ -150,6 +150,7 @@ class Engine:
         self._default_masks: MaskTable | None = None
         self._last_table: MaskTable | None = None
         self._param_count = {i: len(self.vocab.events[name]) for name, i in self.vocab.event_ids.items()}
+        self._token_inputs: tuple[np.ndarray, ...] | None = None  # (no states, no tokens, one token) buffers
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -287,7 +288,11 @@ class Engine:
         ``rows`` is ``(n, 8)`` (the same rows for every branch) or ``(branches, n, 8)``; shorter rows are padded.
         Returns ``(branches, hidden_size)`` float32. Slides the window when the context would pass it.
         """
-        rows = self._check_rows(rows)
+        self._feed(self._check_rows(rows))
+        return self.hidden
+
+    def _feed(self, rows: np.ndarray) -> None:
+        """Append checked ``(branches, n, 8)`` rows to the history and run them through the event model."""
         n_before = self.n_events
         self._history.extend(rows)
         if self.context_length > self.window:
@@ -296,7 +301,6 @@ class Engine:
             hidden, self._past = self.runner.run_base(rows, self._past)
             # Kept for every row, so a rollback knows the state to sample from without a recompute.
             self._history.set_hidden(n_before, hidden)
-        return self.hidden
 
     def _refill(self, n_events: int, keep: int | None = None) -> None:
         """Rebuild the cache for history ``[:n_events]``: the newest ``keep`` rows, behind a pinned BOS row.
@@ -395,6 +399,9 @@ class Engine:
         settings = settings or SamplerSettings()
         masks = self._mask_table(masks)
         rng = rng if rng is not None else np.random.default_rng()
+        if self.batch == 1 and not keep_logits and isinstance(rng, np.random.Generator) and self.n_events:
+            self.last_logits = None
+            return self._sample_one_event(settings, masks, rng)
         vocab, batch = self.vocab, self.batch
         last_rows = self._history.rows[:, -1] if self.n_events else np.zeros((batch, 8), np.int64)
         prev_time2 = [time2_of(vocab, r) for r in last_rows]
@@ -444,6 +451,35 @@ class Engine:
         self.last_logits = np.stack(kept, axis=1) if keep_logits else None
         return row
 
+    def _sample_one_event(self, settings: SamplerSettings, masks: MaskTable, rng: np.random.Generator
+                          ) -> np.ndarray:
+        """``sample_event`` for one branch and one generator, the live case: the same draws and the same
+        choices as the general path, with none of its per-branch bookkeeping. The token graph's inputs
+        after the first run are buffers reused from event to event (the runner binds them once)."""
+        vocab = self.vocab
+        n = self.n_events
+        rows, hidden = self._history._rows, self._history._hidden
+        prev_time2 = time2_of(vocab, rows[0, n - 1])
+        row = np.full(8, vocab.pad_id, np.int64)
+        if self._token_inputs is None or self._token_inputs[0].shape[2] != hidden.shape[2]:
+            self._token_inputs = (np.zeros((1, 0, hidden.shape[2]), hidden.dtype), np.zeros((1, 0), np.int64),
+                                  np.zeros((1, 1), np.int64))
+        no_states, no_tokens, token = self._token_inputs
+        token_past = self.runner.token_cache(1)
+        states, x = hidden[:, n - 1 : n], no_tokens
+        params = 0
+        for position in range(8):
+            ids = masks.allowed(position, row, prev_time2)
+            logits, token_past = self.runner.run_token(states, x, token_past, ids)
+            row[position] = ids[sample_one(logits[0, -1], settings, rng.random())]
+            if position == 0:
+                params = self._param_count.get(int(row[0]), 0)
+            if position >= params:  # eos chosen, or every parameter of the event type sampled
+                break
+            token[0, 0] = row[position]
+            states, x = no_states, token
+        return row[None]
+
     def step(
         self,
         settings: SamplerSettings | None = None,
@@ -452,7 +488,7 @@ class Engine:
     ) -> np.ndarray:
         """Sample the next event of every branch and append it; returns ``(branches, 8)``."""
         row = self.sample_event(settings, masks, rng)
-        self.append(row[:, None, :])
+        self._feed(row[:, None, :])  # the sampler's own rows need no validation
         return row
 
     def generate(

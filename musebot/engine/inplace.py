@@ -31,6 +31,10 @@ class InPlaceCache:
         self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]  # views of ``arrays`` on the CPU
         self.length = length
         self.binding: Any = None
+        # The position inputs, bound once with the binding and rewritten in place before each call.
+        self.seqlens = np.zeros(self.batch if arrays else 0, np.int32)
+        self.total = np.zeros((), np.int32)
+        self.bound: dict[str, Any] = {}  # name -> the object bound to it last (rebound only when it changes)
 
     @property
     def capacity(self) -> int:
@@ -49,7 +53,6 @@ class InPlaceRunner(CpuRunner):
         self.max_positions = int(config.get("net_config", {}).get("max_position_embeddings", 4096))
         self._token_caches: dict[int, InPlaceCache] = {}
         self.reserved = 0  # positions every new event-model cache starts with (``Engine.reserve``)
-        self._totals = [np.array(n, np.int32) for n in range(self.max_positions + 1)]
         self.hidden_size = int(config.get("n_embd") or base.get_outputs()[0].shape[2])
         # First outputs (hidden, logits) land in arrays kept per shape: no allocation and no get_outputs().
         self._out: dict[tuple, tuple[np.ndarray, ort.OrtValue]] = {}
@@ -93,21 +96,29 @@ class InPlaceRunner(CpuRunner):
     def _run(self, session: ort.InferenceSession, cache: InPlaceCache, names: list[str], outputs: list[str],
              inputs: dict[str, np.ndarray], added: int, out_shape: tuple, dtype: type) -> np.ndarray:
         array, value = self._output(out_shape, dtype)
-        binding = cache.binding
+        binding, bound = cache.binding, cache.bound
         if binding is None:
-            # Bound once: each present is the past buffer itself.
+            # Bound once: each present is the past buffer itself, and the position inputs are arrays
+            # of the cache's own that are rewritten before each call (a CPU input is bound to its buffer).
             binding = cache.binding = session.io_binding()
             for name, past in zip(names, cache.values):
                 binding.bind_ortvalue_input(name, past)
             for name, past in zip(outputs[1:], cache.values):
                 binding.bind_ortvalue_output(name, past)
-        binding.bind_ortvalue_output(outputs[0], value)
-        total = cache.length + added
+            binding.bind_cpu_input("seqlens_k", cache.seqlens)
+            binding.bind_cpu_input("total_sequence_length", cache.total)
+        # Inputs and the first output are bound again only when they are other objects than last time:
+        # the engine passes the same buffers (token ids, empty states, head slices) call after call.
+        if bound.get(outputs[0]) is not value:
+            binding.bind_ortvalue_output(outputs[0], value)
+            bound[outputs[0]] = value
         for name, value in inputs.items():
-            binding.bind_cpu_input(name, value)
-        binding.bind_cpu_input("seqlens_k", np.full(cache.batch, total - 1, np.int32))
-        binding.bind_cpu_input("total_sequence_length", self._totals[total] if total < len(self._totals)
-                               else np.array(total, np.int32))
+            if bound.get(name) is not value:
+                binding.bind_cpu_input(name, value)
+                bound[name] = value
+        total = cache.length + added
+        cache.seqlens.fill(total - 1)
+        cache.total[()] = total
         start = time.perf_counter()
         session.run_with_iobinding(binding)
         first = array.copy()  # the kept array is overwritten by the next call of this shape

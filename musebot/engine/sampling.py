@@ -93,12 +93,16 @@ def sample_one(logits: np.ndarray, settings: SamplerSettings, u: float) -> int:
     if k < n:
         index = np.argpartition(logits, n - k)[n - k :]
         values = logits[index]
+        order = np.argsort(-values, kind="stable")
+        index = index[order]
+        values = values[order].astype(np.float64)
     else:
-        index, values = np.arange(n), logits
-    order = np.argsort(-values, kind="stable")
-    index = index[order]
-    values = values[order].astype(np.float64)
-    weights = np.exp((values - values[0]) / settings.temperature)
+        index = np.argsort(-logits, kind="stable")
+        values = logits[index].astype(np.float64)
+    values -= values[0]
+    if settings.temperature != 1:  # (x / 1 is x: the batched path's division changes nothing then)
+        values /= settings.temperature
+    weights = np.exp(values)
     if settings.min_p > 0:
         weights[weights < settings.min_p] = 0.0
     if settings.top_p < 1:
