@@ -81,39 +81,43 @@ def candidates(logits: np.ndarray, settings: SamplerSettings) -> tuple[np.ndarra
 
 
 def sample_one(logits: np.ndarray, settings: SamplerSettings, u: float) -> int:
-    """``candidates`` + ``choose`` for one row ``(n,)`` with 1-D numpy calls: the per-token path of one branch.
+    """``candidates`` + ``choose`` for one row ``(n,)``: the per-token path of one branch, called for every
+    token the live daemon samples, so written with array methods and ufuncs (no numpy function wrappers).
 
-    Gives the same index as the batched functions (same candidate order, same cumulative sums); a row of
-    the vocabulary costs a handful of numpy calls whatever its length.
+    Gives the same index as the batched functions (same candidate order, same sums and cumulative sums).
     """
     if settings.temperature == 0:
-        return int(np.argmax(logits))
-    n = len(logits)
+        return int(logits.argmax())
+    n = logits.shape[0]
     k = settings.top_k if 0 < settings.top_k < n else n
     if k < n:
-        index = np.argpartition(logits, n - k)[n - k :]
+        index = logits.argpartition(n - k)[n - k :]
         values = logits[index]
-        order = np.argsort(-values, kind="stable")
+        order = (-values).argsort(kind="stable")
         index = index[order]
         values = values[order].astype(np.float64)
     else:
-        index = np.argsort(-logits, kind="stable")
+        index = (-logits).argsort(kind="stable")
         values = logits[index].astype(np.float64)
     values -= values[0]
     if settings.temperature != 1:  # (x / 1 is x: the batched path's division changes nothing then)
         values /= settings.temperature
-    weights = np.exp(values)
+    weights = np.exp(values, out=values)
     if settings.min_p > 0:
         weights[weights < settings.min_p] = 0.0
     if settings.top_p < 1:
-        mass = weights / weights.sum()
-        before = np.cumsum(mass) - mass
+        mass = weights / _sum(weights)
+        before = mass.cumsum()
+        before -= mass
         weights[before >= settings.top_p] = 0.0
-    probs = weights / weights.sum()
-    chosen = int(np.searchsorted(np.cumsum(probs), u, side="right"))
+    probs = weights / _sum(weights)
+    chosen = int(probs.cumsum().searchsorted(u, side="right"))
     if chosen >= n or probs[min(chosen, n - 1)] == 0:
-        chosen = min(chosen, int(np.flatnonzero(probs)[-1]))
+        chosen = min(chosen, int(probs.nonzero()[0][-1]))
     return int(index[chosen])
+
+
+_sum = np.add.reduce  # what ``ndarray.sum`` calls, without its wrapper
 
 
 def filtered_probabilities(
