@@ -60,6 +60,15 @@ def serve(config: ServeConfig, options: ServeOptions) -> Daemon:
     return daemon.start()
 
 
+def stop(daemon: Daemon, musician: Musician) -> None:
+    """Stop the daemon, let its last note-offs arrive, and check that nothing was left hanging."""
+    daemon.close()
+    time.sleep(0.3)
+    heard = musician.snapshot()
+    musician.close()
+    assert hanging_notes(heard) == set()
+
+
 def status(daemon: Daemon) -> dict:
     from musebot.server.control import Control
 
@@ -108,11 +117,7 @@ def test_a_model_slower_than_the_music_answers_without_late_notes_or_stalls(slow
         assert late_note_ons(daemon, ANSWER_TAG) == []
         assert report["telemetry"]["dropped_late"] == 0
     finally:
-        daemon.close()
-        time.sleep(0.3)
-        heard = musician.snapshot()
-        musician.close()
-    assert hanging_notes(heard) == set()
+        stop(daemon, musician)
 
 
 def test_an_accompaniment_by_a_model_slower_than_the_music_keeps_playing_and_says_it_is_behind(slow_model, jack):
@@ -153,8 +158,4 @@ def test_an_accompaniment_by_a_model_slower_than_the_music_keeps_playing_and_say
         dropped_by_scheduler = report["telemetry"]["dropped_late"]
         assert dropped_by_scheduler <= max(2, len(ons) // 20), (dropped_by_scheduler, len(ons))
     finally:
-        daemon.close()
-        time.sleep(0.3)
-        heard = musician.snapshot()
-        musician.close()
-    assert hanging_notes(heard) == set()
+        stop(daemon, musician)
