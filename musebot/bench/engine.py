@@ -9,6 +9,9 @@ Measured (shared/spec/skytnt-format.md section 5: "latency budget per note = 1 b
 * ``generate``: a whole generation of N events from BOS, engine (default precision) against the reference;
 * ``prefill``: one prefill of ``context`` events.
 
+The runs take turns (16 events of each, then the next; whole generations alternate), so a shared machine
+whose load drifts during the benchmark slows each alike.
+
 Beside each, the weight bytes one note event reads (base call + 8 token calls; an embedding or a gathered head
 reads only its rows) and the floor they imply at the measured memory bandwidth: at batch 1 a decoder streams
 its weights, so time follows bytes. Figures are medians and 99th percentiles in milliseconds; ratios compare
@@ -121,49 +124,83 @@ class ReferenceLoop:
         return row
 
 
-def bench_reference(loop: ReferenceLoop, context: np.ndarray, events: int, seed: int = 0) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    hidden, past = loop.append(context, None)
-    start_past, start_hidden = past, hidden
-    times = []
-    for i in range(events + 3):
-        start = time.perf_counter()
-        row = loop.event(hidden, rng)
-        hidden, past = loop.append(row[None], past)
-        if i >= 3:  # the first runs allocate
-            times.append(time.perf_counter() - start)
-        if i % 64 == 63:  # keep the context near ``context`` events, as the engine's rollback does
-            hidden, past = start_hidden, start_past
-    return summarise(times)
+BLOCK = 16  # events timed in a row before the next run takes its turn
 
 
-def bench_engine(engine: Engine, context: np.ndarray, events: int, seed: int = 0) -> dict[str, Any]:
-    """Cached generation after ``context``: per-event step time and the ONNX Runtime share of it."""
-    masks = MaskTable(engine.vocab, NO_EOS)
-    settings = SamplerSettings()
-    rng = np.random.default_rng(seed)
-    engine.reset()
-    engine.append(context)
-    for _ in range(3):  # warm-up: first runs allocate
-        engine.step(settings, masks, rng)
-    engine.rollback(len(context))
-    steps, model, base = [], [], []
-    for i in range(events):
-        ort_before, base_before = engine.runner.ort_seconds, engine.runner.ort_base_seconds
-        start = time.perf_counter()
-        engine.step(settings, masks, rng)
-        steps.append(time.perf_counter() - start)
-        model.append(engine.runner.ort_seconds - ort_before)
-        base.append(engine.runner.ort_base_seconds - base_before)
-        if i % 64 == 63 or engine.context_length >= engine.window - 1:
-            engine.rollback(len(context))
-    result = summarise(steps)
-    model_ms = float(np.median(model) * 1e3)
-    result["ort_p50_ms"] = model_ms
-    result["ort_base_p50_ms"] = float(np.median(base) * 1e3)
-    result["ort_token_p50_ms"] = float(np.median(np.array(model) - np.array(base)) * 1e3)
-    result["overhead_p50_ms"] = result["p50_ms"] - model_ms
-    return result
+class ReferenceRun:
+    """The reference loop stepping after ``context``, timed event by event (back to ``context`` every 64)."""
+
+    def __init__(self, loop: ReferenceLoop, context: np.ndarray, seed: int = 0) -> None:
+        self.loop, self.rng = loop, np.random.default_rng(seed)
+        self.start = loop.append(context, None)
+        self.times: list[float] = []
+        self.state = self.start
+        for _ in range(3):  # warm-up: the first runs allocate
+            self._event()
+        self.state = self.start
+
+    def _event(self) -> None:
+        hidden, past = self.state
+        row = self.loop.event(hidden, self.rng)
+        self.state = self.loop.append(row[None], past)
+
+    def run(self, events: int) -> None:
+        for _ in range(events):
+            start = time.perf_counter()
+            self._event()
+            self.times.append(time.perf_counter() - start)
+            if len(self.times) % 64 == 0:  # keep the context near ``context`` events, as the engine does
+                self.state = self.start
+
+    def figures(self) -> dict[str, Any]:
+        return summarise(self.times)
+
+
+class EngineRun:
+    """``Engine.step`` after ``context``, timed event by event with its ONNX Runtime share (rolled back to
+    ``context`` every 64 events)."""
+
+    def __init__(self, engine: Engine, context: np.ndarray, seed: int = 0) -> None:
+        self.engine, self.length = engine, len(context)
+        self.masks, self.settings = MaskTable(engine.vocab, NO_EOS), SamplerSettings()
+        self.rng = np.random.default_rng(seed)
+        engine.reset()
+        engine.append(context)
+        for _ in range(3):  # warm-up: the first runs allocate
+            engine.step(self.settings, self.masks, self.rng)
+        engine.rollback(self.length)
+        self.steps: list[float] = []
+        self.model: list[float] = []
+        self.base: list[float] = []
+
+    def run(self, events: int) -> None:
+        engine, runner = self.engine, self.engine.runner
+        for _ in range(events):
+            ort_before, base_before = runner.ort_seconds, runner.ort_base_seconds
+            start = time.perf_counter()
+            engine.step(self.settings, self.masks, self.rng)
+            self.steps.append(time.perf_counter() - start)
+            self.model.append(runner.ort_seconds - ort_before)
+            self.base.append(runner.ort_base_seconds - base_before)
+            if len(self.steps) % 64 == 0 or engine.context_length >= engine.window - 1:
+                engine.rollback(self.length)
+
+    def figures(self) -> dict[str, Any]:
+        result = summarise(self.steps)
+        model_ms = float(np.median(self.model) * 1e3)
+        result["ort_p50_ms"] = model_ms
+        result["ort_base_p50_ms"] = float(np.median(self.base) * 1e3)
+        result["ort_token_p50_ms"] = float(np.median(np.array(self.model) - np.array(self.base)) * 1e3)
+        result["overhead_p50_ms"] = result["p50_ms"] - model_ms
+        return result
+
+
+def interleaved(runs: list, events: int, block: int = BLOCK) -> None:
+    """Time ``events`` events of every run, ``block`` at a time in turn: a shared machine whose load drifts
+    during the benchmark then slows every run alike, and their ratios stay honest."""
+    for done in range(0, events, block):
+        for run in runs:
+            run.run(min(block, events - done))
 
 
 def bench_prefill(engine: Engine, context: np.ndarray, repeats: int) -> dict[str, Any]:
@@ -180,22 +217,41 @@ def bench_prefill(engine: Engine, context: np.ndarray, repeats: int) -> dict[str
     return result
 
 
-def bench_generate(engine: Engine, loop: ReferenceLoop | None, events: int, seed: int = 0) -> dict[str, Any]:
-    """Seconds for ``events`` events from BOS: the engine's ``generate`` and the reference loop."""
+GENERATE_ROUNDS = 3  # whole generations of each, alternating; the median of each is reported
+
+
+def bench_generate(engine: Engine, loop: ReferenceLoop | None, events: int, seed: int = 0,
+                   rounds: int = GENERATE_ROUNDS) -> dict[str, Any]:
+    """Seconds for ``events`` events from BOS: the engine's ``generate`` and the reference loop, taking turns
+    (``rounds`` each, the same seed each time; medians)."""
     bos = np.array([engine.vocab.special_row(engine.vocab.bos_id)], np.int64)
-    start = time.perf_counter()
-    engine.reset()
-    engine.append(bos)
-    engine.generate(events, SamplerSettings(), MaskTable(engine.vocab, NO_EOS), np.random.default_rng(seed))
-    result: dict[str, Any] = {"events": events, "engine_s": time.perf_counter() - start}
-    if loop is not None:
+    masks = MaskTable(engine.vocab, NO_EOS)
+
+    def by_engine() -> float:
+        start = time.perf_counter()
+        engine.reset()
+        engine.append(bos)
+        engine.generate(events, SamplerSettings(), masks, np.random.default_rng(seed))
+        return time.perf_counter() - start
+
+    def by_reference() -> float:
+        assert loop is not None
         rng = np.random.default_rng(seed)
         start = time.perf_counter()
         hidden, past = loop.append(bos, None)
         for _ in range(events):
             row = loop.event(hidden, rng)
             hidden, past = loop.append(row[None], past)
-        result["reference_s"] = time.perf_counter() - start
+        return time.perf_counter() - start
+
+    engine_s, reference_s = [], []
+    for _ in range(rounds):
+        engine_s.append(by_engine())
+        if loop is not None:
+            reference_s.append(by_reference())
+    result: dict[str, Any] = {"events": events, "rounds": rounds, "engine_s": float(np.median(engine_s))}
+    if reference_s:
+        result["reference_s"] = float(np.median(reference_s))
         result["speedup"] = result["reference_s"] / result["engine_s"]
     return result
 
@@ -314,12 +370,14 @@ def run_bench(
             length = min(length, default.window - 8)
             context = synthetic_context(default, length)
             run: dict[str, Any] = {"context_events": length, "engine": {}}
-            if loop is not None:
-                run["reference"] = bench_reference(loop, context, events)
-                run["reference"] |= _bytes(bytes_per_event["reference"], bandwidth)
-            for precision, engine in engines.items():
-                figures = bench_engine(engine, context, events) | _bytes(bytes_per_event[precision], bandwidth)
-                if loop is not None:
+            timed = {p: EngineRun(engine, context) for p, engine in engines.items()}
+            reference = ReferenceRun(loop, context) if loop is not None else None
+            interleaved(([reference] if reference else []) + list(timed.values()), events)
+            if reference is not None:
+                run["reference"] = reference.figures() | _bytes(bytes_per_event["reference"], bandwidth)
+            for precision, engine_run in timed.items():
+                figures = engine_run.figures() | _bytes(bytes_per_event[precision], bandwidth)
+                if reference is not None:
                     figures["speedup_vs_reference"] = run["reference"]["p50_ms"] / figures["p50_ms"]
                 run["engine"][precision] = figures
             run["prefill"] = bench_prefill(default, context, max(3, events // 20))
@@ -364,5 +422,6 @@ def format_report(r: dict[str, Any]) -> str:
         line = f"generate {g['events']} events from BOS: engine ({r['default_precision']}) {g['engine_s']:.2f} s"
         if "reference_s" in g:
             line += f", reference loop {g['reference_s']:.2f} s: {g['speedup']:.2f}x faster"
+        line += f" (medians of {g['rounds']} rounds, taking turns)"
         out += ["", line]
     return "\n".join(out)
