@@ -202,7 +202,12 @@ def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_says_so_and_the_parts
     # In the gap: musebot's own clock runs on, and the planner goes on planning the parts.
     assert during and all(source == "freewheel" and running for _, source, running, _ in during)
     assert during[-1][3] > during[0][3]
-    assert daemon.session.follower.counts["dropouts"] == 1
+    # One dropout for the half second without ticks, and one more for any stall of the drum machine itself
+    # (a process starved on a loaded machine) longer than the follower's dropout limit, none for anything else.
+    limit = daemon.session.follower.dropout_periods * 60.0 / (150 * PPQ)
+    stalls = int(np.sum(np.diff(ticks) > limit))
+    assert stalls >= 1
+    assert daemon.session.follower.counts["dropouts"] == stalls, (np.sort(np.diff(ticks))[-3:], limit)
     # Back on the drum machine's ticks: 24 per beat are counted across the gap, so the beat did not slip.
     assert daemon.session.follower.ticks == pytest.approx(10 * PPQ, abs=1)
 
