@@ -132,11 +132,12 @@ def test_a_mask_allowing_nothing_is_an_error_not_a_nan():
     [SamplerSettings(), SamplerSettings(top_k=0, top_p=0.5), SamplerSettings(temperature=0.7, min_p=0.1),
      SamplerSettings(temperature=0.0), SamplerSettings(top_k=3, top_p=1.0)],
 )
-def test_single_row_path_picks_what_the_batched_path_picks(settings):
+@pytest.mark.parametrize("width", [7, 64, 300])  # 300 with top-k off: the long candidate list (numpy) path
+def test_single_row_path_picks_what_the_batched_path_picks(settings, width):
     rng = np.random.default_rng(5)
-    logits = rng.normal(size=(200, 64)) * 2
-    u = rng.random(200)
-    index, probs = candidates(logits, settings)
-    batched = index[np.arange(200), choose(probs, u)]
-    single = [sample_one(logits[i], settings, u[i]) for i in range(200)]
+    logits = (rng.normal(size=(2000, width)) * 2).astype(np.float32)
+    u = rng.random(2000)
+    index, probs = candidates(logits.astype(np.float64), settings)
+    batched = index[np.arange(2000), choose(probs, u)]
+    single = [sample_one(logits[i], settings, u[i]) for i in range(2000)]
     np.testing.assert_array_equal(batched, single)

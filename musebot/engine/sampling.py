@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import exp
 
 import numpy as np
 
@@ -82,9 +83,11 @@ def candidates(logits: np.ndarray, settings: SamplerSettings) -> tuple[np.ndarra
 
 def sample_one(logits: np.ndarray, settings: SamplerSettings, u: float) -> int:
     """``candidates`` + ``choose`` for one row ``(n,)``: the per-token path of one branch, called for every
-    token the live daemon samples, so written with array methods and ufuncs (no numpy function wrappers).
+    token the live daemon samples. numpy picks and orders the top-k; the filters and the draw then run over
+    that short list in plain Python (a handful of numbers: cheaper than a dozen numpy calls).
 
-    Gives the same index as the batched functions (same candidate order, same sums and cumulative sums).
+    Gives the same index as the batched functions: the same candidates in the same order and the same
+    arithmetic, up to the last bit of ``exp`` (numpy's and the C library's may differ there).
     """
     if settings.temperature == 0:
         return int(logits.argmax())
@@ -95,12 +98,52 @@ def sample_one(logits: np.ndarray, settings: SamplerSettings, u: float) -> int:
         values = logits[index]
         order = (-values).argsort(kind="stable")
         index = index[order]
-        values = values[order].astype(np.float64)
+        values = values[order]
     else:
         index = (-logits).argsort(kind="stable")
-        values = logits[index].astype(np.float64)
+        values = logits[index]
+    if k > PYTHON_TAIL:
+        return int(index[_draw_numpy(values.astype(np.float64), settings, u)])
+    return int(index[_draw(values.tolist(), settings, u)])
+
+
+PYTHON_TAIL = 64  # candidates up to which the filters and the draw run in plain Python
+
+
+def _draw(values: list[float], settings: SamplerSettings, u: float) -> int:
+    """The index into ``values`` (sorted, best first) that ``u`` picks after temperature, min-p and top-p."""
+    best, temperature = values[0], settings.temperature
+    if temperature == 1:
+        weights = [exp(v - best) for v in values]
+    else:
+        weights = [exp((v - best) / temperature) for v in values]
+    if settings.min_p > 0:
+        weights = [w if w >= settings.min_p else 0.0 for w in weights]
+    if settings.top_p < 1:
+        # Keep an entry while the mass before it is below top_p (as ``candidates``: its cumulative mass
+        # minus its own).
+        total, cumulative, kept = sum(weights), 0.0, []
+        for w in weights:
+            mass = w / total
+            cumulative += mass
+            kept.append(w if cumulative - mass < settings.top_p else 0.0)
+        weights = kept
+    total = sum(weights)
+    cdf, chosen, last = 0.0, 0, 0
+    for i, w in enumerate(weights):
+        if w > 0:
+            last = i
+        cdf += w / total
+        if cdf <= u:
+            chosen = i + 1
+    return min(chosen, last)
+
+
+def _draw_numpy(values: np.ndarray, settings: SamplerSettings, u: float) -> int:
+    """``_draw`` over a long candidate list (top-k off over a whole vocabulary), with numpy."""
+    n = values.shape[0]
     values -= values[0]
-    if settings.temperature != 1:  # (x / 1 is x: the batched path's division changes nothing then)
+    if settings.temperature != 1:
         values /= settings.temperature
     weights = np.exp(values, out=values)
     if settings.min_p > 0:
@@ -114,7 +157,7 @@ def sample_one(logits: np.ndarray, settings: SamplerSettings, u: float) -> int:
     chosen = int(probs.cumsum().searchsorted(u, side="right"))
     if chosen >= n or probs[min(chosen, n - 1)] == 0:
         chosen = min(chosen, int(probs.nonzero()[0][-1]))
-    return int(index[chosen])
+    return chosen
 
 
 _sum = np.add.reduce  # what ``ndarray.sum`` calls, without its wrapper
