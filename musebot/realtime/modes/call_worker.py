@@ -498,6 +498,9 @@ class ModelAnswerer(Answerer):
             if onset - answer.due >= answer.length_s:
                 answer.done = True
                 break
+            if not answer.onsets and onset < now() + LATE_MARGIN_S:
+                self._come_in_later(answer, now() + LATE_MARGIN_S - onset)
+                onset = answer.due + (step - answer.origin_step) / self._steps_per_s
             event = self.tokenizer.row_to_event(self._ahead[i])
             _, _, _, _, _channel, pitch, velocity, duration = event
             end = min(onset + duration / self._steps_per_s, answer.due + answer.length_s)
@@ -514,6 +517,17 @@ class ModelAnswerer(Answerer):
             notes.append((onset, end, min(127, max(0, pitch - self.shift)), velocity))
         if notes:
             self.slot.play(answer.answer_id, notes)
+
+    def _come_in_later(self, answer: _Answer, late_s: float) -> None:
+        """Nothing of the answer sounds yet and its first note is already due: the worker was held up (a
+        flood's recovery, a key change re-read, a starved thread). The answer comes in later, on the next
+        eighth of its grid, rather than not at all; more than ``MAX_START_DELAY_BEATS`` late, it is dropped."""
+        eighth_s = STEPS_PER_BEAT / 2 / self._steps_per_s
+        delay = math.ceil(late_s / eighth_s) * eighth_s
+        if delay <= MAX_START_DELAY_BEATS * 2 * eighth_s + 1e-9:
+            answer.due += delay
+            self.stats.delayed_answers += 1
+            log.info("answer %d: the worker was held up; it comes in %.0f ms later", answer.answer_id, delay * 1e3)
 
     def _fit_answer(self, answer: _Answer, first_step: int) -> None:
         """Plan the answer with the measured generation rate, so that it never stalls mid-phrase.

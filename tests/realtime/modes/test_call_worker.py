@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from musebot.realtime import midi
-from musebot.realtime.clock import now
+from musebot.realtime.clock import now, sleep_until
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.modes.answers import AnswerSlot
@@ -34,8 +34,8 @@ def model_dir(reference_dir) -> Path:
 class Session:
     """A duet over memory outputs with the real model answering; timestamps are given, not waited for."""
 
-    def __init__(self, model_dir: Path, seed: int = 0) -> None:
-        self.config = ServeConfig(silence_ms=SILENCE_S * 1000, seed=seed)
+    def __init__(self, model_dir: Path, seed: int = 0, **config) -> None:
+        self.config = ServeConfig(silence_ms=SILENCE_S * 1000, seed=seed, **config)
         self.scheduler = Scheduler().start()
         self.out = MemoryOutput()
         self.slot = AnswerSlot(self.scheduler, [self.out])
@@ -80,6 +80,36 @@ def test_the_model_answers_on_time_on_its_channel_and_releases_every_note(model_
         # The cache holds the call (BOS + 8 notes) and the answer that was played, nothing stale.
         assert session.answerer.engine.n_events >= 1 + len(SCALE) + len(ons)
         assert session.answerer.stats.headroom > 1.0
+    finally:
+        session.close()
+
+
+def test_a_worker_held_up_past_the_answers_due_brings_it_in_later_rather_than_never(model_dir, monkeypatch):
+    # The worker starts on the answer only after its first note was due (as when it recovers from a flood),
+    # with nothing generated ahead: the answer comes in on a later eighth of its grid, whole, not cut.
+    session = Session(model_dir, speculate_events=0, tempo="fixed")
+    worker, held = session.answerer, []
+    real_advance = worker._advance_answer
+
+    def held_up(answer):
+        if not held and answer.answer_id == session.duet.answer_id and answer.first_step is None:
+            held.append(now())
+            sleep_until(answer.due + 0.12)
+            worker._rollback_ahead()  # nothing ready: the first row is generated now, late
+        return real_advance(answer)
+
+    monkeypatch.setattr(worker, "_advance_answer", held_up)
+    try:
+        release = session.play(start=now())
+        due = release + SILENCE_S
+        session.run_until(due + 1.5)
+        ons = session.answer()
+        stats = worker.stats
+        assert held and len(ons) >= 2, (held, ons)
+        eighth = 60.0 / session.config.bpm / 2
+        assert due + 0.12 < ons[0][0] <= due + 0.12 + eighth + 0.02
+        assert stats.delayed_answers == 1 and stats.cut_answers == 0 and stats.dropped == 0
+        assert session.out.ledger.sounding() == []
     finally:
         session.close()
 
