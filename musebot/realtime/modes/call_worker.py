@@ -384,6 +384,10 @@ class ModelAnswerer(Answerer):
             self._finish_answer(now())
         self._rollback_ahead()
         if self.key is not None and self.key.shift != self.shift:
+            if self._commands.dropped != self._dropped_seen:
+                # In a flood the context is cut before the key change re-reads it (the whole context's
+                # re-read held the worker past the next answer's start on a loaded machine).
+                self._trim_context(keep=FLOOD_KEEP_EVENTS, limit=FLOOD_KEEP_EVENTS)
             self._change_shift(self.key.shift)
         self.engine.append(self.engine.vocab.transpose_rows(np.asarray(rows, np.int64), self.shift))
         self._committed = self.engine.n_events
