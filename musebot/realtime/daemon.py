@@ -109,6 +109,7 @@ class Daemon:
         self.input: RtMidiInput | None = None
         self._input_connected = True
         self._output_down: set[int] = set()
+        self._probe = ports.PortProbe(self.api) if self.api is not None else None  # lists named outputs
         self._threads: list[threading.Thread] = []
         self._idle_queue: queue.Queue = queue.Queue(maxsize=config.input_queue)
         # Who watches input, sends and the plan (the network API, benchmarks): one list, quick, any thread.
@@ -333,6 +334,8 @@ class Daemon:
             if self.midi_up and not alive:
                 self.midi_up = False
                 log.error("JACK server stopped: MIDI ports are gone; retrying every %.1f s", HEALTH_PERIOD_S)
+                if self._probe is not None:
+                    self._probe.close()
                 self._panic("JACK server stopped")
                 if self.input:
                     self.input.close()
@@ -378,7 +381,7 @@ class Daemon:
         named = [o for o in self.outputs if isinstance(o, RtMidiOutput) and not o.virtual]
         if not named:
             return
-        present = ports.present_ports(self.api, "out")
+        present = self._probe.ports("out") if self._probe is not None else None
         if present is None:
             return
         for output in named:
@@ -411,6 +414,8 @@ class Daemon:
             output.close()
         if self.input:
             self.input.close()
+        if self._probe is not None:
+            self._probe.close()
         if self.log_limiter is not None:
             self.log_limiter.remove()
         if self.recorder is not None and self.options.record and len(self.recorder):

@@ -257,6 +257,29 @@ def test_a_named_output_that_vanishes_is_released_and_reconnected_when_it_return
         synth.delete()
 
 
+def test_the_health_check_lists_ports_on_one_client_kept_open(jack, monkeypatch):
+    # Opening a JACK client takes tens of milliseconds with the interpreter lock held (python-rtmidi): a
+    # check twice a second that opened a client each time stalled every thread, the scheduler's too.
+    import rtmidi
+
+    synth = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="tester-synth")
+    synth.open_virtual_port("in")
+    d = make_daemon(outputs=["tester-synth:in"])
+    opened, listed = [], []
+    real_midi_out, real_ports = rtmidi.MidiOut, d._probe.ports
+    monkeypatch.setattr(rtmidi, "MidiOut", lambda *a, **k: opened.append(a) or real_midi_out(*a, **k))
+    monkeypatch.setattr(d._probe, "ports", lambda direction: listed.append(direction) or real_ports(direction))
+    try:
+        for _ in range(20):
+            d.check_health()
+        assert len(listed) == 20  # the outputs' ports were listed at every check
+        assert len(opened) <= 1, opened  # on the probe's own client, opened once (if not before) and kept
+        assert "tester-synth:in" in real_ports("out")
+    finally:
+        d.close()
+        synth.delete()
+
+
 def test_an_error_in_the_listener_panics_and_the_daemon_keeps_serving(daemon, musician, caplog):
     answerer = daemon.session.answerer
     original = answerer.start_answer
