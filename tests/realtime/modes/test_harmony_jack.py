@@ -30,10 +30,10 @@ from tests.realtime.modes.test_accompany_jack import DRUM_MACHINE, play_at_beats
 
 pytestmark = [pytest.mark.jack, requires_jackd]
 
-BPM = 200
+BPM = 160  # (at 200 the planner of a loaded machine fell behind and some runs had 1 bass note on a change)
 CHARTS = {  # name: (chart, passes)
     "blues": ("F7 | Bb7 | F7 | F7 | Bb7 | Bb7 | F7 | D7b9 | Gm7 | C7 | F7 D7 | Gm7 C7", 2),
-    "ii-V-I": ("Dm7 | G7 | Cmaj7 | A7b9", 4),  # 16 changes: a loaded CI machine once left 1 bass note on 8
+    "ii-V-I": ("Dm7 | G7 | Cmaj7 | A7b9", 6),  # 24 changes: loaded machines left 1 bass note on 8 and on 16
     "minor": ("Am7b5 | D7b9 | Gm7 | Eb7#11 | Cm7 | F7 | Am7b5 D7alt | Gm6", 2),
 }
 NINTHS_THIRTEENTHS = {1, 2, 3, 8, 9}  # semitones above the root: b9 9 #9 b13 13
