@@ -18,7 +18,8 @@ import onnxruntime as ort
 import pytest
 
 from musebot.engine import Constraints, Engine, MaskTable, SamplerSettings
-from musebot.engine.inplace import InPlaceCache, InPlaceRunner
+from musebot.engine.inplace import HEAD_BLOCKS, HEAD_FILE, Head, InPlaceCache, InPlaceRunner, load_head
+from musebot.engine.runners import ModelLoadError
 from musebot.engine.runners import session_options
 
 TOL = 1e-4
@@ -45,7 +46,7 @@ def inplace_engine(checkpoint: Path, model_dir: Path, window: int | None = None)
     config = json.loads((model_dir / "config.json").read_text())
     base = ort.InferenceSession(str(folder / "model_base.onnx"), session_options(1))
     token = ort.InferenceSession(str(folder / "model_token.onnx"), session_options(1))
-    return Engine(InPlaceRunner(base, token, config), config, window=window)
+    return Engine(InPlaceRunner(base, token, config, load_head(folder)), config, window=window)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,36 @@ def test_the_shipped_model_runs_inplace_int8_graphs():
     rows = engine.generate(16, None, NO_EOS, np.random.default_rng(0))
     assert rows.shape == (1, 16, 8) and engine._past.length == 17
     np.testing.assert_allclose(engine._history.hidden, engine.hidden_uncached(engine.rows), atol=1e-3)
+
+
+def test_the_engines_head_scores_any_set_of_rows_as_the_whole_head_does():
+    rng = np.random.default_rng(0)
+    head = Head(rng.standard_normal((300, 16)).astype(np.float32))
+    states = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    full = states @ head.weight.T
+    block, scattered = np.arange(40, 90), np.array([3, 7, 8, 200, 299])
+    for ids in (block, scattered, np.arange(300), None):
+        columns = slice(None) if ids is None else ids
+        np.testing.assert_allclose(head.logits(states, ids), full[..., columns], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(head.logits(states[1:, 2:], ids), full[1:, 2:, columns], rtol=1e-5, atol=1e-5)
+    assert np.shares_memory(head.rows(block), head.weight)  # a whole block is read where it lies
+    assert head.rows(scattered) is head.rows(scattered)  # other sets are gathered once
+    for _ in range(3 * HEAD_BLOCKS):  # ever-new id arrays keep a bounded set of gathered rows
+        head.rows(np.array([1, 5, 9]))
+    assert len(head._blocks) <= HEAD_BLOCKS
+    with pytest.raises(ValueError, match="float32"):
+        Head(np.zeros((4, 4), np.float64))
+
+
+def test_a_token_graph_without_its_head_is_a_clear_load_error(tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED, folder)
+    assert load_head(folder / "int8") is not None
+    (folder / "int8" / HEAD_FILE).unlink()
+    with pytest.raises(ModelLoadError, match=HEAD_FILE):
+        Engine.load(folder, provider="cpu")
 
 
 def test_a_long_session_of_prefills_of_every_length_keeps_a_bounded_set_of_output_arrays(inplace, prompt):

@@ -18,7 +18,7 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 def test_the_shipped_model_folder_holds_weights_graphs_config_and_card():
     names = {p.name for p in DEFAULT_MODEL_DIR.iterdir()}
     assert {"config.json", "model.safetensors", "int8", "README.md"} <= names
-    assert {p.name for p in (DEFAULT_MODEL_DIR / "int8").iterdir()} == {"model_base.onnx", "model_token.onnx"}
+    assert {p.name for p in (DEFAULT_MODEL_DIR / "int8").iterdir()} == {"model_base.onnx", "model_token.onnx", "lm_head.npy"}
     assert all(p.stat().st_size < MAX_FILE_BYTES for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
     config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from musebot.engine.engine import Engine
+from musebot.engine.inplace import HEAD_FILE
 from musebot.engine.masks import Constraints, MaskTable
 from musebot.engine.precision import BASE_GRAPH, TOKEN_GRAPH, available_precisions
 from musebot.engine.runners import session_options
@@ -291,9 +292,11 @@ def event_bytes(graphs: Path, engine: Engine, sliced: bool | None = None) -> int
     per_call = weight_bytes(graphs / TOKEN_GRAPH, 1)
     total = weight_bytes(graphs / BASE_GRAPH, 8) + 8 * per_call
     if engine.runner.sliced if sliced is None else sliced:
-        # The gathered head was counted as one row per call; a note event reads its allowed rows.
+        # A note event reads the allowed rows of the head: in the graph (a gathered head, counted above as
+        # one row a call) or in the engine (the head beside a graph that ends at its norm).
         head_row = int(engine.config["n_embd"]) * 4
-        total += (note_head_rows(engine.vocab) - 8) * head_row
+        in_graph = 0 if (graphs / HEAD_FILE).is_file() else 8
+        total += (note_head_rows(engine.vocab) - in_graph) * head_row
     return total
 
 

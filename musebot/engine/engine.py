@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from musebot.engine.inplace import INPLACE_MARK, InPlaceRunner
+from musebot.engine.inplace import INPLACE_MARK, InPlaceRunner, load_head
 from musebot.engine.masks import Constraints, MaskTable, time2_of
 from musebot.engine.precision import (
     BASE_GRAPH,
@@ -204,7 +204,10 @@ class Engine:
         if any(i.name == INPLACE_MARK for i in base.get_inputs()):
             if provider != "cpu":
                 raise ModelLoadError(f"{graphs}: graphs with in-place caches run on the CPU provider only")
-            runner: CpuRunner = InPlaceRunner(base, token, config)
+            try:
+                runner = InPlaceRunner(base, token, config, load_head(graphs))
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"{graphs}: {exc}") from exc
         elif io_binding:
             runner = BoundRunner(base, token, config, device=provider)
         else:

@@ -11,6 +11,7 @@ OrtValues wrap without a copy, so cache surgery (branching) reads them directly.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,56 @@ from musebot.engine.runners import CpuRunner, GraphShape
 MIN_CAPACITY = 64
 KEPT_OUTPUT_ROWS, KEPT_OUTPUTS = 16, 64  # output arrays kept for reuse: shapes of at most 16 rows, 64 shapes
 INPLACE_MARK = "seqlens_k"  # the graph input that tells an in-place pair from the reference interface
+STATES_OUTPUT = "states"  # a token graph that ends at its final norm: the head is the engine's (``Head``)
+HEAD_FILE = "lm_head.npy"  # that head, (vocabulary, hidden) float32, beside the graphs
+HEAD_BLOCKS = 64  # row blocks of the head kept for the allowed-id arrays met (masks reuse a few of them)
+
+
+class Head:
+    """The token model's output layer over the vocabulary rows one position may take.
+
+    A position's allowed ids are mostly one whole parameter block, contiguous in the vocabulary, so its
+    rows are read where they lie (a view); other id sets are gathered once and kept while their array is
+    in use. ``np.vecdot`` runs one dot product per row in numpy's own loops: no BLAS thread pool wakes in
+    the real-time process (numpy's matmul would spread a 2,048-row product over every core).
+    """
+
+    def __init__(self, weight: np.ndarray) -> None:
+        if weight.ndim != 2 or weight.dtype != np.float32:
+            raise ValueError(f"a head is a (vocabulary, hidden) float32 array, got {weight.dtype} {weight.shape}")
+        self.weight = np.ascontiguousarray(weight)
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(ids) -> (ids, their rows)
+
+    def rows(self, ids: np.ndarray | None) -> np.ndarray:
+        if ids is None:
+            return self.weight
+        kept = self._blocks.get(id(ids))
+        if kept is not None and kept[0] is ids:
+            return kept[1]
+        first, last = int(ids[0]), int(ids[-1])
+        if last - first + 1 == len(ids) and bool(np.all(np.diff(ids) == 1)):
+            rows = self.weight[first : last + 1]
+        else:
+            rows = self.weight[ids]
+        if len(self._blocks) >= HEAD_BLOCKS:
+            self._blocks.clear()
+        self._blocks[id(ids)] = (ids, rows)  # the entry holds ``ids``, so its id is not reused meanwhile
+        return rows
+
+    def logits(self, states: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        """``(B, T, len(ids))`` logits for the states ``(B, T, H)`` (every row when ``ids`` is None)."""
+        rows = self.rows(ids)
+        if states.shape[0] == 1 and states.shape[1] == 1:  # the live case: one branch, one new position
+            return np.vecdot(rows, states[0, 0])[None, None]
+        return np.vecdot(rows, states.astype(np.float32, copy=False)[:, :, None, :])
+
+
+def load_head(folder: Path) -> Head | None:
+    """The head saved beside a headless token graph in ``folder``, or None when there is none."""
+    path = folder / HEAD_FILE
+    if not path.is_file():
+        return None
+    return Head(np.load(path, allow_pickle=False))
 
 
 class InPlaceCache:
@@ -48,8 +99,19 @@ class InPlaceCache:
 class InPlaceRunner(CpuRunner):
     """Runs graphs with ``seqlens_k``/``total_sequence_length`` inputs over ``InPlaceCache`` objects (CPU)."""
 
-    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any]) -> None:
+    def __init__(self, base: ort.InferenceSession, token: ort.InferenceSession, config: dict[str, Any],
+                 head: Head | None = None) -> None:
         super().__init__(base, token, config)
+        # A token graph ending at its norm (``states``) leaves the head to the engine; an older export's
+        # graph gathers the rows given as ``head_ids`` itself.
+        self.head = head
+        if any(o.name == STATES_OUTPUT for o in token.get_outputs()):
+            if head is None:
+                raise ValueError(f"this token graph ends at its norm: its head ({HEAD_FILE}) is needed")
+            self.token_out[0] = STATES_OUTPUT
+            self.sliced = True
+        else:
+            self.head = None
         self.max_positions = int(config.get("net_config", {}).get("max_position_embeddings", 4096))
         self._token_caches: dict[int, InPlaceCache] = {}
         self.reserved = 0  # positions every new event-model cache starts with (``Engine.reserve``)
@@ -139,8 +201,13 @@ class InPlaceRunner(CpuRunner):
                   ids: np.ndarray | None = None) -> tuple[np.ndarray, InPlaceCache]:
         added = hidden.shape[1] + x.shape[1]
         past = self._room(past, self.token_shape, past.length + added)
+        feeds = {"hidden": hidden.astype(self.token_shape.dtype, copy=False), "x": x}
+        if self.head is not None:
+            states = self._run(self.token, past, self.token_past_names, self.token_out, feeds, added,
+                               (x.shape[0], added, self.hidden_size), self.token_shape.dtype)
+            return self.head.logits(states, ids), past
         ids = self._all_ids if ids is None else ids
-        feeds = {"hidden": hidden.astype(self.token_shape.dtype, copy=False), "x": x, "head_ids": ids}
+        feeds["head_ids"] = ids
         shape = (x.shape[0], added, len(ids))
         return self._run(self.token, past, self.token_past_names, self.token_out, feeds, added, shape,
                          self.token_shape.dtype), past

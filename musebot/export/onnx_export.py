@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import tempfile
 import time
 import warnings
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from musebot.engine.inplace import INPLACE_MARK
+from musebot.engine.inplace import HEAD_FILE, INPLACE_MARK, STATES_OUTPUT, load_head
 from musebot.export.graphs import BaseGraph, SlicedTokenGraph, TokenGraph, kv_names
 from musebot.export.inplace import build_inplace_graphs
 from musebot.export.quantize import BITS, quantize_nbits
@@ -171,6 +172,7 @@ class OnnxPair:
         providers = ["CPUExecutionProvider"]
         self.base = ort.InferenceSession(str(folder / BASE_FILE), options, providers=providers)
         self.token = ort.InferenceSession(str(folder / TOKEN_FILE), options, providers=providers)
+        self.head = load_head(folder) if any(o.name == STATES_OUTPUT for o in self.token.get_outputs()) else None
         # An engine graph's output is as wide as the rows asked for; the graphs' metadata names the vocabulary.
         reference = json.loads(self.token.get_modelmeta().custom_metadata_map.get("config", "{}"))
         net_token = reference.get("net_token", "{}")
@@ -208,6 +210,9 @@ class OnnxPair:
         """
         feed = {"hidden": hidden, "x": x.astype(np.int64)}
         head = [i for i in self.token.get_inputs() if i.name == "head_ids"]
+        if self.head is not None:  # a graph ending at its norm: the engine's head scores every row
+            states, present = self._call(self.token, feed, past, x.shape[0], hidden.shape[1] + x.shape[1])
+            return self.head.logits(states, None), present
         if head:
             vocab = self.token.get_outputs()[0].shape[2]
             vocab = vocab if isinstance(vocab, int) else self.vocab_size
@@ -298,6 +303,8 @@ def export_pair(model: MIDIModel, out: Path, precision: str, engine: bool, check
                     _set_metadata(Path(tmp) / name, metadata)
             for name in (BASE_FILE, TOKEN_FILE):
                 quantize_nbits(Path(tmp) / name, out / name, precision)
+            if (Path(tmp) / HEAD_FILE).is_file():  # the in-place token graph's head stays float
+                shutil.copyfile(Path(tmp) / HEAD_FILE, out / HEAD_FILE)
     else:
         io_names = export_graphs(model, out, torch.float16 if precision == "fp16" else torch.float32, engine)
         for name in (BASE_FILE, TOKEN_FILE):
