@@ -5,12 +5,15 @@ model's random weights play too few notes to measure).
 
 The measure of issue 14: of the bass notes that start a chord's span (within a 32nd of the change), the share
 that are chord tones of it; of the chords part's notes, the share that are chord tones or 9ths/13ths (b9, 9,
-#9, b13, 13 above the root). Each chart is played twice, with ``--harmony chart`` and with ``--harmony key``
-(the parts follow only the key, the baseline): both are printed, the chart's figures are asserted.
+#9, b13, 13 above the root). Each chart is played with ``--harmony chart`` and its figures are asserted; with
+``MUSEBOT_HARMONY_BASELINE=1`` it is played again with ``--harmony key`` (the parts follow only the key, the
+baseline of the issue's figures) and both are printed. The baseline asserts nothing, and it doubled these
+tests' time (three minutes of the JACK files' nine).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -124,7 +127,7 @@ def test_over_a_chart_the_bass_lands_on_chord_tones_at_each_change_and_the_chord
     chart_text, passes = CHARTS[name]
     chart = parse_chart(chart_text)
     figures = {}
-    for harmony in ("chart", "key"):
+    for harmony in ("chart", "key") if os.environ.get("MUSEBOT_HARMONY_BASELINE") == "1" else ("chart",):
         daemon, heard = accompany_over(model_dir, chart_text, passes, harmony)
         figures[harmony] = measure(chart, daemon.part_notes)
         assert hanging_notes(heard) == set()  # a chord change mid-note never leaves a note sounding
