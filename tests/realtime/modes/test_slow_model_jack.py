@@ -112,6 +112,9 @@ def test_a_model_slower_than_the_music_answers_without_late_notes_or_stalls(slow
             answers.append([t for t, _ in note_ons(musician.snapshot()) if t > release])
         report = status(daemon)
         generation = report["telemetry"]["generation"]
+        print(f"\n{SHAPE} call: answers of {[len(a) for a in answers]} notes, headroom {generation['headroom']:.3f}, "
+              f"delayed {generation['delayed_answers']}, shortened {generation['shortened_answers']}, "
+              f"scheduler drops {report['telemetry']['dropped_late']}")
         # The status says the model is slower than the music.
         assert generation["headroom"] is not None and generation["headroom"] < 1.0, generation
         assert generation["behind"] is True
@@ -160,6 +163,9 @@ def test_an_accompaniment_by_a_model_slower_than_the_music_keeps_playing_and_say
         # minute; the ones it could not make in time were dropped, none sent late.
         ons = [due for due, sent, msg, tag in daemon.sends
                if tag and tag.startswith(PART_TAG) and msg[0] & 0xF0 == 0x90 and msg[2] > 0]
+        print(f"\n{SHAPE} accompaniment: {len(ons)} part notes in 12 s, headroom {generation['headroom']:.3f}, "
+              f"replayed bars {generation['replayed_bars']}, leaps {generation['leaps']}, "
+              f"scheduler drops {report['telemetry']['dropped_late']}")
         end = max(ons)
         assert all(any(end - 2 * (k + 1) < t <= end - 2 * k for t in ons) for k in range(4)), ons
         assert late_note_ons(daemon, PART_TAG) == []
