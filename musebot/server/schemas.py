@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
 import jsonschema
@@ -195,9 +196,32 @@ def _no_constant(name: str) -> float:
     raise BadJson(f"{name} is not a JSON number")
 
 
+MAX_NESTING = 32  # deeper than any message of ours; the schemas refuse what is deeper anyway
+_STRING = {str: re.compile(r'"(?:[^"\\]|\\.)*"', re.S), bytes: re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)}
+_BRACKET = {str: re.compile(r"[\[\]{}]"), bytes: re.compile(rb"[\[\]{}]")}
+_OPENING = {"[", "{", b"[", b"{"}
+
+
+def nesting(text: str | bytes) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest (brackets inside strings do not count)."""
+    brackets = _BRACKET[type(text)].findall(_STRING[type(text)].sub("" if isinstance(text, str) else b"", text))
+    depth = deepest = 0
+    for bracket in brackets:
+        depth += 1 if bracket in _OPENING else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def parse_json(text: str | bytes) -> object:
     """Strict JSON: NaN and Infinity (which Python's json takes) would pass every ``minimum``/``maximum``
-    check of a schema, and deep nesting would end in RecursionError; both are refused as bad JSON."""
+    check of a schema; nesting deeper than ``MAX_NESTING`` is refused before it is parsed.
+
+    Python's json parser recurses in C once per level, up to the interpreter's recursion limit, which a test
+    library or another thread may have raised: 1,300 nested ``[`` took a server thread to that limit, and a
+    garbage-collector callback run there ended the process ("Cannot recover from stack overflow")."""
+    opening = text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")
+    if opening > MAX_NESTING and nesting(text) > MAX_NESTING:  # (fewer brackets cannot nest deeper)
+        raise BadJson(f"nested deeper than {MAX_NESTING} levels")
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:

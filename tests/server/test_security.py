@@ -233,6 +233,36 @@ def test_nan_and_infinity_are_refused_over_osc_http_and_the_websocket(daemon):
         client.close()
 
 
+def test_json_nested_thousands_deep_is_refused_unparsed_even_under_a_raised_recursion_limit(daemon):
+    # The recursion limit is the whole process's, and a test library (hypothesis) raises it while it runs:
+    # then 1,300 nested arrays in a frame took the server's thread so deep into the C parser that a
+    # garbage-collector callback there aborted the process ("Cannot recover from stack overflow"). Nesting
+    # deeper than the messages need is now refused before anything is parsed.
+    deep = 3_000
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        for text in ("[" * deep, '{"a":' * deep, b"[" * deep, "[" * (schemas.MAX_NESTING + 1)):
+            with pytest.raises(schemas.BadJson, match="nested deeper"):
+                schemas.parse_json(text)
+        status, body = http("PATCH", api_url(daemon, "/api/settings"), raw=b"[" * deep,
+                            headers={"Content-Type": "application/json"})
+        assert status == 400 and "nested deeper" in body["details"], body
+        client = WsClient(ws_url(daemon))
+        try:
+            client.send("[" * deep)
+            errors = client.receive_until(lambda r: any(m["type"] == "error" for m in r))
+            assert any(m["type"] == "error" and "nested deeper" in m["error"] for m in errors)
+        finally:
+            client.close()
+    finally:
+        sys.setrecursionlimit(limit)
+    # Brackets inside strings are not nesting; what the messages need still parses.
+    assert schemas.parse_json('{"type": "ping", "x": "' + "[" * deep + '"}')["type"] == "ping"
+    assert schemas.parse_json("[" * schemas.MAX_NESTING + "]" * schemas.MAX_NESTING) == \
+        json.loads("[" * schemas.MAX_NESTING + "]" * schemas.MAX_NESTING)
+
+
 # ---- connections -------------------------------------------------------------------------------------------
 def is_closed(sock: socket.socket) -> bool:
     try:
