@@ -92,6 +92,12 @@ def duet(bpm: float, swing: bool, tempo: str = "follow", seed: int = 5):
             release = max(off for _, off, _ in notes)
             period = 60.0 / bpm
             time.sleep(max(0.0, release + (3 + ANSWER_BEATS) * max(period, 0.5) - now()))
+            # An answer that came in late (a loaded machine) may still be playing: let it end before
+            # listening for hanging notes (a loop run heard its last note-off after the snapshot).
+            deadline = now() + 10.0
+            while daemon.scheduler.pending() and now() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.1)
             heard = musician.snapshot()
         finally:
             musician.close()
