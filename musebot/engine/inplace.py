@@ -104,14 +104,13 @@ class InPlaceRunner(CpuRunner):
         super().__init__(base, token, config)
         # A token graph ending at its norm (``states``) leaves the head to the engine; an older export's
         # graph gathers the rows given as ``head_ids`` itself.
-        self.head = head
-        if any(o.name == STATES_OUTPUT for o in token.get_outputs()):
-            if head is None:
-                raise ValueError(f"this token graph ends at its norm: its head ({HEAD_FILE}) is needed")
+        headless = any(o.name == STATES_OUTPUT for o in token.get_outputs())
+        if headless and head is None:
+            raise ValueError(f"this token graph ends at its norm: its head ({HEAD_FILE}) is needed")
+        self.head = head if headless else None
+        if headless:
             self.token_out[0] = STATES_OUTPUT
             self.sliced = True
-        else:
-            self.head = None
         self.max_positions = int(config.get("net_config", {}).get("max_position_embeddings", 4096))
         self._token_caches: dict[int, InPlaceCache] = {}
         self.reserved = 0  # positions every new event-model cache starts with (``Engine.reserve``)

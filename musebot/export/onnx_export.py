@@ -209,11 +209,10 @@ class OnnxPair:
         An engine graph (``head_ids`` input) is asked for every row, so both kinds answer alike.
         """
         feed = {"hidden": hidden, "x": x.astype(np.int64)}
-        head = [i for i in self.token.get_inputs() if i.name == "head_ids"]
         if self.head is not None:  # a graph ending at its norm: the engine's head scores every row
             states, present = self._call(self.token, feed, past, x.shape[0], hidden.shape[1] + x.shape[1])
             return self.head.logits(states, None), present
-        if head:
+        if any(i.name == "head_ids" for i in self.token.get_inputs()):
             vocab = self.token.get_outputs()[0].shape[2]
             vocab = vocab if isinstance(vocab, int) else self.vocab_size
             feed["head_ids"] = np.arange(vocab, dtype=np.int64)

@@ -236,7 +236,7 @@ def non_finite(instance: object, where: str = "message", depth: int = 0) -> str 
     """Where ``instance`` holds a NaN or an infinity (OSC floats, a JSON number like 1e400), else None."""
     if isinstance(instance, float) and not math.isfinite(instance):
         return where
-    if depth > 32:  # deeper than any schema of ours: the schema refuses it anyway
+    if depth > MAX_NESTING:  # parse_json refuses deeper JSON; the schemas refuse what is deeper anyway
         return None
     items = instance.items() if isinstance(instance, dict) else enumerate(instance) \
         if isinstance(instance, (list, tuple)) else ()
