@@ -19,8 +19,7 @@ import pytest
 
 from musebot.engine import Constraints, Engine, MaskTable, SamplerSettings
 from musebot.engine.inplace import HEAD_BLOCKS, HEAD_FILE, Head, InPlaceCache, InPlaceRunner, load_head
-from musebot.engine.runners import ModelLoadError
-from musebot.engine.runners import session_options
+from musebot.engine.runners import ModelLoadError, session_options
 
 TOL = 1e-4
 NO_EOS = Constraints(allow_eos=False)

@@ -401,11 +401,13 @@ class Daemon:
 
     # ---- shutdown -------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Panic every output, stop the threads, save the recording. Safe to call twice."""
+        """Stop the scheduler, panic every output, stop the threads, save the recording. Safe to call twice."""
         self.stop_event.set()
+        # The scheduler stops first: a note-on it had already taken off its heap would otherwise be sent
+        # just after the panic and sound until the output closes (heard once in CI).
+        self.scheduler.stop()
         if self.session is not None:
             self._panic("shutdown")
-        self.scheduler.stop()
         for thread in self._threads:
             thread.join(1.0)
         if self.session is not None:

@@ -197,7 +197,7 @@ def _no_constant(name: str) -> float:
 
 
 MAX_NESTING = 32  # deeper than any message of ours; the schemas refuse what is deeper anyway
-_STRING = {str: re.compile(r'"(?:[^"\\]|\\.)*"', re.S), bytes: re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)}
+_STRING = {str: re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL), bytes: re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)}
 _BRACKET = {str: re.compile(r"[\[\]{}]"), bytes: re.compile(rb"[\[\]{}]")}
 _OPENING = {"[", "{", b"[", b"{"}
 

@@ -11,21 +11,18 @@ priority:
 3. **Speculate**: otherwise pre-generate the likely continuation (``speculate_events`` rows). A new note makes
    it stale: it is rolled back (``Engine.rollback``) before the note's row is appended.
 
-Times: the first answer note sounds exactly when due (the silence after the call); later notes keep the
-model's rhythm from there. The converter's clock is then re-anchored so that the musician's next notes
-are placed in the model's timeline right after what musebot played. Sampling is seeded per context length
-(``[seed, n_events]``), so the same performance with the same seed gives the same answer.
+Times: the first answer note sounds when due (the silence after the call), later ones in the model's rhythm;
+the converter's clock is then re-anchored, placing the musician's next notes right after musebot's. Sampling
+is seeded per context length (``[seed, n_events]``): the same performance and seed give the same answer.
 
-Following the musician's tempo (``tempo="follow"``): the worker keeps the messages of the current call; at
-its end the Duet's beat tracker gives the tempo and a beat time (:meth:`follow`), the call is read again on
-that grid (only the rows that change are rolled back and prefilled again, as on a key change), the model
-generates on it, and the answer's beats fall on the musician's: its first note keeps its place within the
-beat, starting in the beat that is due.
+Following the musician's tempo (``tempo="follow"``): the worker keeps the current call's messages; at its
+end the Duet's beat tracker gives the tempo and a beat time (:meth:`follow`), the call is read again on that
+grid (only the rows that change are rolled back and prefilled again, as on a key change), and the answer's
+beats fall on the musician's: its first note keeps its place within the beat, in the beat that is due.
 
-A flood (more messages than the worker's inbox holds, which then drops the oldest): the context no longer
-records the music, and the flood's random notes would move the tracked key again and again, each move a
-re-read of the whole context. So once the inbox has dropped anything, the context is cut to its newest
-``FLOOD_KEEP_EVENTS``: the worker keeps up during the flood and the next phrase after it is answered at once.
+A flood (the inbox overflowed, dropping its oldest): the context no longer records the music, and the
+flood's random notes would move the tracked key, each move a re-read of the context. So it is then cut to
+its newest ``FLOOD_KEEP_EVENTS``: the worker keeps up and the next phrase is answered at once.
 """
 
 from __future__ import annotations
@@ -72,6 +69,7 @@ FLOOD_KEEP_EVENTS = 64  # events of context kept when a flood overflowed the inb
 # varies), and starts an answer at most this many beats late to have enough generated ahead.
 RATE_SAFETY = 0.8
 MAX_START_DELAY_BEATS = 1.0
+MAX_COME_IN_S = 0.5  # a held-up answer still comes in this late at fast tempi (a beat is 150 ms at 400 bpm)
 MIN_RATE_EVENTS = 16  # the rate is planned with once this many events were generated
 LATE_MARGIN_S = 0.003  # a note whose onset is nearer than this when generated is dropped, never sent late
 
@@ -525,13 +523,16 @@ class ModelAnswerer(Answerer):
     def _come_in_later(self, answer: _Answer, late_s: float) -> None:
         """Nothing of the answer sounds yet and its first note is already due: the worker was held up (a
         flood's recovery, a key change re-read, a starved thread). The answer comes in later, on the next
-        eighth of its grid, rather than not at all; more than ``MAX_START_DELAY_BEATS`` late, it is dropped."""
+        eighth of its grid, rather than not at all; more than ``MAX_START_DELAY_BEATS`` (or ``MAX_COME_IN_S``,
+        whichever is longer) late, it is dropped."""
         eighth_s = STEPS_PER_BEAT / 2 / self._steps_per_s
         delay = math.ceil(late_s / eighth_s) * eighth_s
-        if delay <= MAX_START_DELAY_BEATS * 2 * eighth_s + 1e-9:
+        if delay <= max(MAX_START_DELAY_BEATS * 2 * eighth_s, MAX_COME_IN_S) + 1e-9:
             answer.due += delay
             self.stats.delayed_answers += 1
             log.info("answer %d: the worker was held up; it comes in %.0f ms later", answer.answer_id, delay * 1e3)
+        else:
+            log.warning("answer %d: held up %.0f ms, too long to come in late", answer.answer_id, late_s * 1e3)
 
     def _fit_answer(self, answer: _Answer, first_step: int) -> None:
         """Plan the answer with the measured generation rate, so that it never stalls mid-phrase.
