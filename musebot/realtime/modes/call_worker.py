@@ -158,7 +158,7 @@ class ModelAnswerer(Answerer):
         # Bounded: in a flood the oldest waiting messages are dropped (newest notes win), never the commands.
         self._commands = Inbox()
         self._answer: _Answer | None = None
-        self._busy = False
+        self._requested = self._settled = 0  # ids: the last answer asked for / the last one over or dropped
         self._ahead: list[list[int]] = []  # rows generated beyond the committed context (in the cache)
         self._ahead_steps: list[int] = []  # their absolute grid steps
         self._rng = None
@@ -191,7 +191,7 @@ class ModelAnswerer(Answerer):
         self._commands.put(("msg", t, msg), sheddable=True)
 
     def start_answer(self, answer_id: int, due: float, length_s: float) -> None:
-        self._busy = True
+        self._requested = answer_id
         self._commands.put(("answer", answer_id, due, length_s))
 
     def begin_phrase(self, t: float) -> None:
@@ -232,7 +232,7 @@ class ModelAnswerer(Answerer):
                 "context_trims": stats.trims}
 
     def busy(self) -> bool:
-        return self._busy
+        return self._requested > self._settled
 
     def backlog_dropped(self) -> int:
         return self._commands.dropped
@@ -573,9 +573,9 @@ class ModelAnswerer(Answerer):
         """The answer is over at ``t``: rows of notes that started before ``t`` join the context."""
         answer = self._answer
         self._answer = None
-        self._busy = False
         if answer is None:
             return
+        self._settled = max(self._settled, answer.answer_id)
         keep = sum(1 for onset in answer.onsets if onset < t)
         if keep == 0:
             self._rollback_ahead()
@@ -592,8 +592,8 @@ class ModelAnswerer(Answerer):
 
     def _drop_answer(self) -> None:
         if self._answer is not None:
+            self._settled = max(self._settled, self._answer.answer_id)
             self._answer = None
-            self._busy = False
 
     def _reanchor(self, time_s: float, step: int) -> None:
         """Make ``time_s`` map to grid ``step`` in the converter, keeping its tempo."""

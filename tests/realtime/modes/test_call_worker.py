@@ -114,6 +114,31 @@ def test_a_worker_held_up_past_the_answers_due_brings_it_in_later_rather_than_ne
         session.close()
 
 
+def test_the_worker_is_busy_until_the_last_answer_asked_for_is_over(model_dir):
+    # Each release of a phrase asks for an answer and the next note-on withdraws it; the worker reads these
+    # commands later, in a batch. Finishing a withdrawn answer must not clear "busy" for the one asked last
+    # (it did: the duet then went idle while a slow model was still making the answer).
+    session = Session(model_dir)
+    try:
+        release = session.play(start=now())
+        due = release + SILENCE_S
+        assert session.answerer.busy()
+        session.run_until(due + 0.05)
+        assert session.answerer.busy() and session.duet.state == "answering"
+        deadline = due + 5.0
+        while session.answerer.busy() and now() < deadline:
+            session.duet.tick(now())
+            time.sleep(0.005)
+        over = now()
+        assert not session.answerer.busy()
+        ons = session.answer()
+        assert ons and all(t < over for t, _ in ons) and session.answerer.stats.answers == 8
+        session.run_until(over + 0.1)
+        assert session.duet.state == "idle"
+    finally:
+        session.close()
+
+
 def answer_pitches(model_dir: Path, seed: int) -> list[int]:
     session = Session(model_dir, seed=seed)
     try:
