@@ -33,8 +33,11 @@ def jack():
         yield server
 
 
-def wait_for_log(caplog, text: str, timeout: float = 3.0) -> None:
-    """Wait until ``text`` is in the captured log (the daemon's threads write it), at most ``timeout`` s."""
+def wait_for_log(caplog, text: str, timeout: float = 10.0) -> None:
+    """Wait until ``text`` is in the captured log (the daemon's threads write it), at most ``timeout`` s.
+
+    The health check looks every 0.5 s, but reopening a port makes a new JACK client, which took over 3 s
+    once with two busy processes on two cores (a 20x loop run); what is checked is that it comes back."""
     deadline = time.monotonic() + timeout
     while text not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -150,7 +153,7 @@ def test_a_named_input_that_vanishes_is_reconnected_when_it_returns(jack, caplog
             wait_for_log(caplog, "vanished")
             assert "input port 'tester-kbd:out' vanished" in caplog.text
             keyboard.virtual_keyboard()
-            wait_for_log(caplog, "is back", timeout=3)
+            wait_for_log(caplog, "is back")
             assert "input port 'tester-kbd:out' is back" in caplog.text
         time.sleep(0.05)
         keyboard.play(PHRASE)
@@ -170,7 +173,7 @@ def test_the_jack_server_dying_is_reported_and_the_daemon_comes_back_with_it(cap
                 wait_for_log(caplog, "JACK server stopped")
                 assert "JACK server stopped" in caplog.text
                 server.start()
-                wait_for_log(caplog, "ports reopened", timeout=5)
+                wait_for_log(caplog, "ports reopened")
                 assert "JACK server is back: ports reopened" in caplog.text
             m = Musician()
             try:
@@ -238,7 +241,7 @@ def test_a_named_output_that_vanishes_is_released_and_reconnected_when_it_return
             assert "output port 'tester-synth:in' vanished" in caplog.text
             assert output.ledger.sounding() == []  # released (panic) rather than left for later
             synth = synth_port()
-            wait_for_log(caplog, "is back", timeout=3)
+            wait_for_log(caplog, "is back")
             assert "output port 'tester-synth:in' is back: reconnected" in caplog.text
         heard = []
         poller = MidiPoller(synth, lambda _t, message: heard.append(tuple(message)), "tester-synth")
