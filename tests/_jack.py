@@ -97,6 +97,7 @@ class Musician:
         self.ear = self._rtmidi.MidiIn(self._rtmidi.API_UNIX_JACK, name="tester-ear")
         self.ear.ignore_types(sysex=False, timing=False, active_sense=False)
         self.ear.open_port(wait_for_port(self.ear, port), "in")
+        system.graph_changed()
         # Polled from a thread of ours: a callback would run on JACK's thread, which closing cancels.
         self._poller = MidiPoller(self.ear, self._hear, "tester-ear")
 
@@ -107,16 +108,17 @@ class Musician:
     def connect_keyboard(self, port: str) -> None:
         self.keyboard = self._rtmidi.MidiOut(self._rtmidi.API_UNIX_JACK, name="tester-play")
         self.keyboard.open_port(wait_for_port(self.keyboard, port), "out")
+        system.graph_changed()
 
     def virtual_keyboard(self) -> None:
         """A keyboard that is itself a port (``tester-kbd:out``) musebot connects to by name."""
         self.keyboard = self._rtmidi.MidiOut(self._rtmidi.API_UNIX_JACK, name=self.keyboard_name)
         self.keyboard.open_virtual_port("out")
+        system.graph_changed()
 
     def unplug(self) -> None:
         if self.keyboard is not None:
-            self.keyboard.close_port()
-            self.keyboard.delete()
+            system.close_client(self.keyboard)
             self.keyboard = None
 
     def send(self, *msg: int) -> float:
@@ -152,8 +154,7 @@ class Musician:
             self._poller.stop()
             self._poller = None
         if self.ear is not None:
-            self.ear.close_port()
-            self.ear.delete()
+            system.close_client(self.ear)
             self.ear = None
 
 

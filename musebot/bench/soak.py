@@ -97,8 +97,7 @@ class Ear:
 
     def close(self) -> None:
         self._poller.stop()
-        self._in.close_port()
-        self._in.delete()
+        ports.close_client(self._in)
 
 
 class Musician:
@@ -180,8 +179,7 @@ class Musician:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
-        self._out.close_port()
-        self._out.delete()
+        ports.close_client(self._out)
 
 
 def _jack_client(kind, name: str, tries: int = 5):

@@ -55,5 +55,4 @@ class Probe:
         self._poller.stop()
         for client in (self.ear, self.key):
             if client is not None:
-                client.close_port()
-                client.delete()
+                ports.close_client(client)

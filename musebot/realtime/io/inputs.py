@@ -62,6 +62,7 @@ class RtMidiInput:
         midi_in.ignore_types(sysex=True, timing=True, active_sense=True)
         if self.port is None:
             midi_in.open_virtual_port("in")
+            system.graph_changed()
         else:
             self.connected_to = system.open_named_port(midi_in, self.port, "MIDI input", "in")
         self._midi_in = midi_in
@@ -82,8 +83,7 @@ class RtMidiInput:
             self._poller = None
         if self._midi_in is not None:
             try:
-                self._midi_in.close_port()
-                self._midi_in.delete()
+                system.close_client(self._midi_in)
             except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
                 log.debug("closing input %s: %s", self.name, exc)
             self._midi_in = None
@@ -104,6 +104,7 @@ class ClockInput:
         self._midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
         if port is None:
             self._midi_in.open_virtual_port("in")
+            system.graph_changed()
             self.name = f"{client_name}:in"
         else:
             self.name = system.open_named_port(self._midi_in, port, "MIDI clock source", "in")
@@ -116,7 +117,6 @@ class ClockInput:
     def close(self) -> None:
         self._poller.stop()
         try:
-            self._midi_in.close_port()
-            self._midi_in.delete()
+            system.close_client(self._midi_in)
         except Exception as exc:  # noqa: BLE001
             log.debug("closing clock input: %s", exc)

@@ -141,6 +141,7 @@ class RtMidiOutput(Output):
         port = rtmidi.MidiOut(self.api, name=self.client_name)
         if self.virtual:
             port.open_virtual_port(self.port_name)
+            system.graph_changed()
             return port
         self.name = system.open_named_port(port, self.port_name, "MIDI output", "out")
         return port
@@ -149,7 +150,7 @@ class RtMidiOutput(Output):
         """Make a fresh client after the MIDI system came back (old clients of a dead JACK are dead)."""
         with self._lock:
             try:
-                self._port.delete()
+                system.close_client(self._port, close_port=False)
             except Exception as exc:  # noqa: BLE001 - a dead client may refuse; a new one replaces it
                 log.debug("deleting dead client %s: %s", self.name, exc)
             self._port = self._open()
@@ -159,8 +160,7 @@ class RtMidiOutput(Output):
         self._port.send_message(msg)
 
     def _close(self) -> None:
-        self._port.close_port()
-        self._port.delete()
+        system.close_client(self._port)
 
 
 class FluidSynthOutput(Output):

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,6 +336,39 @@ def list_ports(names: tuple[str, ...] = API_CHOICES) -> list[PortList]:
     return found
 
 
+# libjack keeps a client's ports in a list that the client's notification thread walks on every latency
+# callback; the server sends one to every client a cycle or more after each change of the graph (a port or a
+# connection made or removed, by anyone), and jack_port_unregister erases from that list without a lock
+# (jack2: JackClient::PortUnRegister against HandleLatencyCallback, issue #216; so in 1.9.21 and in master).
+# A test process closing two clients one after the other died of it (SIGSEGV on a JACK thread, once in a 20x
+# loop). So this process's own closes are spaced: a port is unregistered only GRAPH_SETTLE_S after this
+# process last changed the graph, when the callbacks that change caused have run.
+GRAPH_SETTLE_S = 0.05
+_graph_lock = threading.Lock()
+_graph_changed_at = 0.0
+
+
+def graph_changed() -> None:
+    """Note that this process just changed JACK's graph (a port or connection made)."""
+    global _graph_changed_at
+    _graph_changed_at = time.monotonic()
+
+
+def close_client(client, close_port: bool = True) -> None:
+    """``close_port()`` and ``delete()`` an rtmidi client, spaced from this process's other graph changes
+    (see ``GRAPH_SETTLE_S``). Errors of a client whose server is gone are the caller's to handle."""
+    with _graph_lock:
+        wait = _graph_changed_at + GRAPH_SETTLE_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            if close_port:
+                client.close_port()
+            client.delete()
+        finally:
+            graph_changed()
+
+
 class PortProbe:
     """A client kept open to list the ports of one MIDI system, for a health check that runs twice a second.
 
@@ -363,7 +397,7 @@ class PortProbe:
     def close(self) -> None:
         for client in self._clients.values():
             try:
-                client.delete()
+                close_client(client, close_port=False)
             except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
                 log.debug("closing the port probe: %s", exc)
         self._clients.clear()
@@ -389,6 +423,7 @@ def open_named_port(client, wanted: str, what: str, port_name: str) -> str:
             f"no {what} named {wanted!r}; ports are: {', '.join(names) or 'none'} (list them with `musebot ports`)"
         )
     client.open_port(index, port_name)
+    graph_changed()
     return names[index]
 
 
