@@ -335,10 +335,10 @@ class Daemon:
                 self.midi_up = False
                 log.error("JACK server stopped: MIDI ports are gone; retrying every %.1f s", HEALTH_PERIOD_S)
                 if self._probe is not None:
-                    self._probe.close()
+                    self._probe.close(server_died=True)
                 self._panic("JACK server stopped")
                 if self.input:
-                    self.input.close()
+                    self.input.close(server_died=True)
                 return
             if not self.midi_up:
                 if alive:
@@ -352,7 +352,7 @@ class Daemon:
         try:
             for output in self.outputs:
                 if isinstance(output, RtMidiOutput):
-                    output.reopen()
+                    output.reopen(server_died=True)
             if self.input:
                 self.input.open()
         except (RealtimeError, OSError) as exc:
@@ -412,12 +412,15 @@ class Daemon:
             thread.join(1.0)
         if self.session is not None:
             self.session.close()
+        dead = not self.midi_up and self.api is not None  # JACK died and is not back: let go of its clients
         for output in self.outputs:
+            if dead and isinstance(output, RtMidiOutput):
+                output.abandon()
             output.close()
         if self.input:
-            self.input.close()
+            self.input.close(server_died=dead)
         if self._probe is not None:
-            self._probe.close()
+            self._probe.close(server_died=dead)
         if self.log_limiter is not None:
             self.log_limiter.remove()
         if self.recorder is not None and self.options.record and len(self.recorder):

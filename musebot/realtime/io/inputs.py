@@ -77,13 +77,14 @@ class RtMidiInput:
         except system.rtmidi_module().RtMidiError:
             return False
 
-    def close(self) -> None:
+    def close(self, server_died: bool = False) -> None:
+        """Stop reading and close the client; ``server_died``: let go of it unclosed (``abandon_client``)."""
         if self._poller is not None:
             self._poller.stop()
             self._poller = None
         if self._midi_in is not None:
             try:
-                system.close_client(self._midi_in)
+                system.abandon_client(self._midi_in) if server_died else system.close_client(self._midi_in)
             except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
                 log.debug("closing input %s: %s", self.name, exc)
             self._midi_in = None

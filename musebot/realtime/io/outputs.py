@@ -146,15 +146,23 @@ class RtMidiOutput(Output):
         self.name = system.open_named_port(port, self.port_name, "MIDI output", "out")
         return port
 
-    def reopen(self) -> None:
-        """Make a fresh client after the MIDI system came back (old clients of a dead JACK are dead)."""
+    def reopen(self, server_died: bool = False) -> None:
+        """Make a fresh client: after a named port came back, or (``server_died``) after the MIDI system did,
+        when the old client is let go of unclosed (``system.abandon_client``)."""
         with self._lock:
             try:
-                system.close_client(self._port, close_port=False)
+                system.abandon_client(self._port) if server_died else system.close_client(self._port)
             except Exception as exc:  # noqa: BLE001 - a dead client may refuse; a new one replaces it
                 log.debug("deleting dead client %s: %s", self.name, exc)
             self._port = self._open()
             self.closed = False
+
+    def abandon(self) -> None:
+        """The MIDI system died and is not back: close without touching the client (``abandon_client``)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                system.abandon_client(self._port)
 
     def _send(self, msg: midi.Message) -> None:
         self._port.send_message(msg)

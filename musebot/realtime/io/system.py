@@ -9,6 +9,7 @@ prints nothing); libjack is told never to start a server on its own (``JACK_NO_S
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -369,6 +370,14 @@ def close_client(client, close_port: bool = True) -> None:
             graph_changed()
 
 
+def abandon_client(client) -> None:
+    """Let go of an rtmidi client whose JACK server died, without closing it: unregistering a port of a dead
+    server's client can crash the process (SIGSEGV in ``jack_port_unregister``, from ``delete()``, once in a
+    20x loop). Its reference count is raised so that it is never freed, not even as the interpreter exits
+    (freeing it would close it): a small object and a socket per server death, for the process's life."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(client))
+
+
 class PortProbe:
     """A client kept open to list the ports of one MIDI system, for a health check that runs twice a second.
 
@@ -394,11 +403,11 @@ class PortProbe:
             self.close()
             return None
 
-    def close(self) -> None:
+    def close(self, server_died: bool = False) -> None:
         for client in self._clients.values():
             try:
-                close_client(client, close_port=False)
-            except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
+                abandon_client(client) if server_died else close_client(client, close_port=False)
+            except Exception as exc:  # noqa: BLE001
                 log.debug("closing the port probe: %s", exc)
         self._clients.clear()
 
