@@ -81,18 +81,19 @@ def bench_paths(rounds: int) -> dict:
 
     config = ServeConfig(bpm=120, seed=1)
     daemon = Service(config, ServeOptions(answer="echo", port=0)).start()
-    received: list[tuple[float, tuple]] = []  # what the listener got, with its timestamps
-    sent: list[tuple[float, tuple]] = []  # what the scheduler sent to the MIDI output
-    daemon.observers.append(Observer(on_input=lambda t, data: received.append((t, tuple(data))),
-                                     on_sent=lambda _due, t, _output, msg, _tag: sent.append((t, msg))))
-    jack = Probe("musebot-out:out", play_to="musebot:in")
-    ws = _WsProbe(f"ws://127.0.0.1:{daemon.server.port}/ws")
-    takeover = config.controls.takeover
-    lead = config.takeover_lead_ms / 1000
-    figures = {}
-    samples = {path: {"in": [], "out": [], "event_to_answer": []} for path in ("midi", "websocket")}
-    missing = {"midi": 0, "websocket": 0}
+    jack = ws = None  # closed below even when one of them cannot be made
     try:
+        received: list[tuple[float, tuple]] = []  # what the listener got, with its timestamps
+        sent: list[tuple[float, tuple]] = []  # what the scheduler sent to the MIDI output
+        daemon.observers.append(Observer(on_input=lambda t, data: received.append((t, tuple(data))),
+                                         on_sent=lambda _due, t, _output, msg, _tag: sent.append((t, msg))))
+        jack = Probe("musebot-out:out", play_to="musebot:in")
+        ws = _WsProbe(f"ws://127.0.0.1:{daemon.server.port}/ws")
+        takeover = config.controls.takeover
+        lead = config.takeover_lead_ms / 1000
+        figures = {}
+        samples = {path: {"in": [], "out": [], "event_to_answer": []} for path in ("midi", "websocket")}
+        missing = {"midi": 0, "websocket": 0}
         time.sleep(0.2)
         for k in range(2 * rounds):
             path = "midi" if k % 2 == 0 else "websocket"
@@ -142,8 +143,10 @@ def bench_paths(rounds: int) -> dict:
         figures["rounds_per_path"] = rounds
         return figures
     finally:
-        ws.close()
-        jack.close()
+        if ws is not None:
+            ws.close()
+        if jack is not None:
+            jack.close()
         daemon.close()
 
 
