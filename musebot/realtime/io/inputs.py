@@ -84,7 +84,7 @@ class RtMidiInput:
             self._poller = None
         if self._midi_in is not None:
             try:
-                system.abandon_client(self._midi_in) if server_died else system.close_client(self._midi_in)
+                system.close_client(self._midi_in, server_died=server_died)
             except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
                 log.debug("closing input %s: %s", self.name, exc)
             self._midi_in = None

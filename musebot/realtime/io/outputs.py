@@ -151,7 +151,7 @@ class RtMidiOutput(Output):
         when the old client is let go of unclosed (``system.abandon_client``)."""
         with self._lock:
             try:
-                system.abandon_client(self._port) if server_died else system.close_client(self._port)
+                system.close_client(self._port, server_died=server_died)
             except Exception as exc:  # noqa: BLE001 - a dead client may refuse; a new one replaces it
                 log.debug("deleting dead client %s: %s", self.name, exc)
             self._port = self._open()

@@ -355,9 +355,13 @@ def graph_changed() -> None:
     _graph_changed_at = time.monotonic()
 
 
-def close_client(client, close_port: bool = True) -> None:
+def close_client(client, close_port: bool = True, server_died: bool = False) -> None:
     """``close_port()`` and ``delete()`` an rtmidi client, spaced from this process's other graph changes
-    (see ``GRAPH_SETTLE_S``). Errors of a client whose server is gone are the caller's to handle."""
+    (see ``GRAPH_SETTLE_S``); when its server died, let go of it unclosed (:func:`abandon_client`). Errors
+    of a client whose server is gone are the caller's to handle."""
+    if server_died:
+        abandon_client(client)
+        return
     with _graph_lock:
         wait = _graph_changed_at + GRAPH_SETTLE_S - time.monotonic()
         if wait > 0:
@@ -406,7 +410,7 @@ class PortProbe:
     def close(self, server_died: bool = False) -> None:
         for client in self._clients.values():
             try:
-                abandon_client(client) if server_died else close_client(client, close_port=False)
+                close_client(client, close_port=False, server_died=server_died)
             except Exception as exc:  # noqa: BLE001
                 log.debug("closing the port probe: %s", exc)
         self._clients.clear()
