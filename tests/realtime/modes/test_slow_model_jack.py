@@ -16,6 +16,7 @@ small shape, which is slower than 400 bpm too and builds in seconds.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_a_model_slower_than_the_music_answers_without_late_notes_or_stalls(slow
         assert generation["behind"] is True
         # Every call was answered, each answer as one phrase: no gap between its notes longer than the
         # longest the constraints allow (a step) plus the scheduling slack; so no stall mid-answer.
-        assert all(answers), ([len(a) for a in answers], report)  # the whole status, to tell why
+        assert all(answers), f"answers of {[len(a) for a in answers]} notes; status {json.dumps(report, default=str)}"
         step_s = 60.0 / BPM / 16
         gaps = [b - a for answer in answers for a, b in itertools.pairwise(answer)]
         assert max(gaps) < 2 * step_s + LATE_LIMIT_S, (max(gaps), generation)
