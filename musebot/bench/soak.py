@@ -239,6 +239,12 @@ def _soak(args: argparse.Namespace, server: str) -> dict:
     try:
         ear = Ear(rtmidi, OUT_PORT)
         musician = Musician(rtmidi, args.mode, args.bpm, args.phrase_s, args.seed)
+        # The input port opens before the model loads; notes played before the daemon serves would wait in
+        # its queue past its backlog limit and be dropped (the first phrase was, at each run). So the
+        # musician starts once the status answers.
+        ready_by = now() + 60
+        while _status(api_port) is None and daemon.poll() is None and now() < ready_by:
+            time.sleep(0.1)
         started_rss = rss_mb(daemon.pid)
         start = now()
         musician.start()

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.jack, requires_jackd]
 def test_a_short_soak_in_call_mode_reports_memory_answers_lateness_and_no_hanging_note(tmp_path):
     out = tmp_path / "soak.json"
     run = subprocess.run(
-        [sys.executable, "-m", "musebot", "bench-soak", "--minutes", "0.67", "--mode", "call", "--phrase-s", "4",
+        [sys.executable, "-m", "musebot", "bench-soak", "--minutes", "0.67", "--mode", "call", "--phrase-s", "5",
          "--json", str(out), "--daemon-log", str(tmp_path / "daemon.log")],
         check=False, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -30,7 +30,9 @@ def test_a_short_soak_in_call_mode_reports_memory_answers_lateness_and_no_hangin
     assert report["per_minute"][0]["minute"] == pytest.approx(0.67, abs=0.01)
     # Every call heard an answer; the daemon's own lateness is reported from /api/status.
     answers = report["answers"]
-    assert answers["phrases"] >= 8 and answers["answered"] >= answers["phrases"] - 1
+    # A phrase every 5 s: the longest of the seeded phrases lasts 2.9 s, so each answer has 2 s to come in
+    # (it did not always have at 4 s: the answer's first note comes 0.8 s after the call, 1.4 s at p99).
+    assert answers["phrases"] >= 7 and answers["answered"] >= answers["phrases"] - 1
     assert answers["notes_per_answer"]["p50"] >= 1
     lateness = report["lateness_ms"]["scheduler_sent_minus_due"]
     assert lateness["n"] > 0 and lateness["p99"] is not None
