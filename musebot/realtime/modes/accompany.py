@@ -480,7 +480,10 @@ class Accompanist(Band):
         commit = playhead + self.band.commit_beats * STEPS_PER_BEAT
         headroom = self.headroom()
         slow = headroom is not None and headroom < 1.0
-        if not self.degraded and (slow or (end < commit and self._plan_rows > 8)):
+        # A plan short of the horizon after 8 rows says "slow" only while the rate is unknown or low: a fast
+        # model's rows may all fall on one onset (a chord the part's polyphony caps), which is no lag.
+        short = end < commit and self._plan_rows > 8 and (headroom is None or headroom < RECOVER_HEADROOM)
+        if not self.degraded and (slow or short):
             self.degraded = True
             self.plan_stats["behind"] += 1
             level = logging.WARNING if self.plan_stats["behind"] == 1 else logging.DEBUG
