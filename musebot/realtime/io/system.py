@@ -85,9 +85,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_dummy_jack(server: str, rate: int = 48000, period: int = 64, timeout: float = 10.0):
+def start_dummy_jack(server: str, rate: int = 48000, period: int = 64, timeout: float = 10.0,
+                     sync: bool = False):
     """Start ``jackd -n server -d dummy`` (no sound card needed) and wait until it answers; returns the
-    ``subprocess.Popen``. Raises NoMidiSystemError when jackd is missing or does not come up."""
+    ``subprocess.Popen``. Raises NoMidiSystemError when jackd is missing or does not come up.
+
+    ``sync`` starts it in synchronous mode (``jackd -S``): each cycle waits for every client to finish. In
+    JACK's default (asynchronous) mode a client that has not finished a cycle when the next begins misses it,
+    and the MIDI events of that cycle on its ports are lost. A dummy server has no sound card to keep time
+    for, so tests and soaks, which count messages, run it synchronous."""
     import shutil
     import subprocess
     import time
@@ -97,7 +103,7 @@ def start_dummy_jack(server: str, rate: int = 48000, period: int = 64, timeout: 
         raise NoMidiSystemError("jackd is not installed (apt install jackd2)")
     forget_dead_jack_servers()
     process = subprocess.Popen(
-        [jackd, "-n", server, "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        [jackd, *(["-S"] if sync else []), "-n", server, "-d", "dummy", "-r", str(rate), "-p", str(period)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=dict(os.environ, JACK_NO_START_SERVER="1"),
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
@@ -253,17 +259,18 @@ def stop_dummy_jack(process, server: str, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def benchmark_jack(server: str | None, prefix: str):
+def benchmark_jack(server: str | None, prefix: str, sync: bool = False):
     """The JACK server a benchmark talks to: ``server`` when given (already running), else a private dummy
-    one named ``prefix-PID`` for the duration. JACK clients made inside connect to it alone (the
-    environment names it and forbids starting another); the environment is restored on the way out."""
+    one named ``prefix-PID`` for the duration (synchronous with ``sync``: :func:`start_dummy_jack`). JACK
+    clients made inside connect to it alone (the environment names it and forbids starting another); the
+    environment is restored on the way out."""
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
     os.environ["JACK_NO_START_SERVER"] = "1"
     process = None
     try:
         if server is None:
             server = f"{prefix}-{os.getpid()}"
-            process = start_dummy_jack(server)
+            process = start_dummy_jack(server, sync=sync)
         os.environ["JACK_DEFAULT_SERVER"] = server
         yield server
     finally:
