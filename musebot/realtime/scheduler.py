@@ -116,9 +116,10 @@ class Scheduler:
         if self.on_plan:
             self.on_plan("add", items, tag)
 
-    def cancel(self, tag: str, release: bool = True) -> int:
+    def cancel(self, tag: str, release: bool = True, withdrawn: list | None = None) -> int:
         """Remove every pending message tagged ``tag``; with ``release``, send at once the note-offs of its
-        notes already sounding (barge-in: the answer stops and lets go of its keys). Returns the count."""
+        notes already sounding (barge-in: the answer stops and lets go of its keys). Returns the count; a
+        ``withdrawn`` list gets ``(due, output, msg)`` of each message removed (what had not gone out yet)."""
         with self._cond:
             keep, gone = [], []
             for item in self._heap:
@@ -128,6 +129,8 @@ class Scheduler:
             self.stats.cancelled += len(gone)
             # A dropped note-on whose note-off is withdrawn here must not swallow a later note-off.
             self._dropped = {key for key in self._dropped if key[3] != tag}
+        if withdrawn is not None:
+            withdrawn += [(item.due, item.output, item.msg) for item in gone]
         if self.on_plan and gone:
             self.on_plan("cancel", [(item.due, item.output, item.msg) for item in gone], tag)
         if release:

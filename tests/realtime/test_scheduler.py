@@ -114,3 +114,14 @@ def test_a_dropped_note_whose_note_off_is_withdrawn_does_not_swallow_the_next_no
     wait_until_idle(scheduler)
     assert out.messages() == [midi.note_on(0, 60, 90), midi.note_off(0, 60)]
     assert not out.ledger.is_sounding(0, 60)
+
+
+def test_cancel_hands_back_what_it_withdrew():
+    sched = Scheduler()  # not started: everything waits
+    out = MemoryOutput()
+    sched.schedule_many([(now() + 1, out, midi.note_on(0, 60, 90)), (now() + 2, out, midi.note_off(0, 60))], "part")
+    sched.schedule_many([(now() + 1, out, midi.note_on(1, 62, 90))], "other")
+    withdrawn = []
+    assert sched.cancel("part", release=False, withdrawn=withdrawn) == 2
+    assert sorted(msg for _, _, msg in withdrawn) == sorted([midi.note_on(0, 60, 90), midi.note_off(0, 60)])
+    assert sched.pending() == 1

@@ -39,7 +39,7 @@ from musebot.realtime.constraints import KeyFollower, LiveSettings, PartMasks, P
 from musebot.realtime.harmony_parts import chart_tonic
 from musebot.realtime.inbox import Inbox
 from musebot.realtime.io.outputs import Output
-from musebot.realtime.modes.accompany_plan import Guessing, Item, insert
+from musebot.realtime.modes.accompany_plan import Guessing, Item, Retiming, insert, to_retime
 from musebot.realtime.modes.band import MUSICIAN_TRACK, PART_TAG, Band, BandConfig
 from musebot.realtime.modes.base import ModelThread
 from musebot.realtime.scheduler import Scheduler
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESCHEDULE_RATIO = 0.01  # a tempo change beyond 1 % re-times notes already fixed (1 % of a beat: 5 ms at 120)
 RATE_WINDOW = 64  # the generation rate is measured over the latest this many events
 MIN_RATE_EVENTS = 16  # and only once this many were generated
 TEMPO_ROW_MAX_BPM = 383  # the vocabulary's bpm values are 0..383
@@ -102,7 +101,7 @@ class Accompanist(Band):
         self._last_step = 0  # grid step of the last row in the engine (context or plan)
         self._rng = np.random.default_rng(config.seed)
         self._stopped_seen = False
-        self._bpm_seen = self.timebase.bpm
+        self._retiming = Retiming()
         self._step_s = 0.005
         # Sized (and ONNX Runtime's arena warmed) for the bounded context and a plan ahead of it, so memory
         # is flat from the start (a soak grew 16 MB at minute 13, when the context first grew that long).
@@ -185,10 +184,10 @@ class Accompanist(Band):
             self._wait(0.004)
 
     def _follow_timebase(self, playhead: float) -> None:
-        """Keep the fixed notes on the beat when the clock changes: a tempo change of more than
-        ``RESCHEDULE_RATIO`` re-times the notes fixed ahead of the playhead (the plan is in beats and
-        stands); a jump back (start from bar 1,
-        song position) starts a new context."""
+        """Keep the fixed notes on the beat when the clock changes: once it moved the furthest of them by
+        more than a millisecond, the notes still waiting in the scheduler are timed again (the plan is in
+        beats and stands; accompany_plan.py); a jump back (start from bar 1, song position) starts a new
+        context."""
         tb = self.timebase
         ahead = (4 + self.band.commit_beats + self.timebase.meter.bar_beats) * STEPS_PER_BEAT  # a replayed bar
         if self.committed and playhead < self.committed[-1].step - ahead:
@@ -198,17 +197,14 @@ class Accompanist(Band):
             self._held.clear()
             self.guessing = Guessing()
             self._drop_plan()
-        if abs(tb.bpm / self._bpm_seen - 1) > RESCHEDULE_RATIO:
-            self._bpm_seen = tb.bpm
-            for name in self.settings.parts:  # pending note-offs go too; sounding notes get theirs back below
-                self.scheduler.cancel(PART_TAG + name, release=False)
-            for item in self.committed:
-                if item.part is None or item.step + item.duration < playhead:
-                    continue
-                if item.step >= playhead + 1:
-                    self._schedule(item)
-                else:  # sounding: only its release moves
-                    self._schedule_off(item)
+        if self._retiming.moved(tb, playhead / STEPS_PER_BEAT + self.band.commit_beats + 1):
+            withdrawn = []
+            for name in self.settings.parts:
+                self.scheduler.cancel(PART_TAG + name, release=False, withdrawn=withdrawn)
+            parts = [i for i in self.committed if i.part is not None and self._kept(i)]
+            channels = {name: part.channel for name, part in self.settings.parts.items()}
+            for item, whole in to_retime(parts, withdrawn, channels):
+                self._schedule(item, retimed=True) if whole else self._schedule_off(item)
 
     def _wait(self, seconds: float) -> None:
         self._inbox.wait(seconds)  # what came is handled in order by the next _drain
@@ -573,19 +569,19 @@ class Accompanist(Band):
                 self.telemetry.stale += 1
         self._plan = keep
 
-    def _schedule(self, item: Item) -> None:
+    def _schedule(self, item: Item, retimed: bool = False) -> None:
         tb = self.timebase
         due = tb.time_at(item.step / STEPS_PER_BEAT)
         end = tb.time_at((item.step + item.duration) / STEPS_PER_BEAT)
         if due is None or end is None:
             return
-        part = self.settings.parts[item.part]
-        if part.density < 1.0:
-            # Density thins the part deterministically per note (same seed, same notes kept).
-            keep = np.random.default_rng([self.config.seed, item.step, item.pitch]).random() < part.density
-            if not keep:
-                return
-        self.play_note(part, due, end, item.pitch, item.velocity)
+        if self._kept(item):
+            self.play_note(self.settings.parts[item.part], due, end, item.pitch, item.velocity, retimed)
+
+    def _kept(self, item: Item) -> bool:
+        """Density thins a part deterministically per note (same seed, same notes kept)."""
+        density = self.settings.parts[item.part].density
+        return density >= 1.0 or np.random.default_rng([self.config.seed, item.step, item.pitch]).random() < density
 
     def _schedule_off(self, item: Item) -> None:
         end = self.timebase.time_at((item.step + item.duration) / STEPS_PER_BEAT)

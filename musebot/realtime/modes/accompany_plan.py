@@ -12,17 +12,28 @@ again. Meanwhile (and while degraded) the plan stands when the musician plays. N
 to hear her notes once the playhead has moved far enough that the plan's notes are fixed (the plan's reach
 less the commit horizon, at least a horizon: 2 beats by default), so the parts sound without a gap and few
 planned notes are thrown away.
+
+Notes fixed ahead are timed when they are fixed; a clock that speeds up or slows down moves their beats.
+:class:`Retiming` says when to time them again: once the furthest of them would move by more than
+``RESCHEDULE_S`` (following a tempo ramp, re-timing only at each 1 % change of tempo left part notes up to
+2 % of a beat off the drummer's grid). :func:`to_retime` says which: only the notes whose messages were
+still waiting in the scheduler, so a note about to sound is neither lost nor played twice.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from musebot.realtime import midi
 
 log = logging.getLogger(__name__)
 
 MISSES_TO_PAUSE = 4  # guesses missed in a row before the planner stops guessing
 PAUSE_BARS = 2  # for this many bars, then it tries again
+RESCHEDULE_S = 0.001  # re-time the fixed part notes once the furthest would move by more than this
 
 
 @dataclass
@@ -76,3 +87,46 @@ def insert(items: list[Item], item: Item) -> None:
     while i > 0 and items[i - 1].step > item.step:
         i -= 1
     items.insert(i, item)
+
+
+class Retiming:
+    """When the clock has moved the fixed part notes (module docstring): the timebase's line as it was
+    when they were last timed, compared with its line now at the furthest beat a fixed note can lie on."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[float, float, float] | None = None  # (beat, time, seconds per beat)
+
+    def moved(self, timebase, far_beat: float) -> bool:
+        t = timebase.time_at(far_beat)
+        if t is None:
+            return False
+        if self._seen is not None:
+            beat, then, spb = self._seen
+            if abs(then + (far_beat - beat) * spb - t) <= RESCHEDULE_S:
+                return False
+        first = self._seen is None
+        self._seen = (far_beat, t, timebase.seconds_per_beat)
+        return not first
+
+
+def to_retime(items: Iterable[Item], withdrawn: list, channels: dict[str, int]) -> list[tuple[Item, bool]]:
+    """The part notes to schedule again once their waiting messages were ``withdrawn`` from the scheduler
+    (``(due, output, msg)``): ``(item, True)`` for a note whose note-on had not gone out (on and off again),
+    ``(item, False)`` for a sounding one (its note-off). What waits of a key belongs to its latest notes, so
+    they are matched latest first; a note whose messages all went out is left alone."""
+    ons, offs = Counter(), Counter()
+    # One message per output: a note's messages to several outputs share their due time.
+    for on, key, _ in {(midi.is_note_on(msg), (msg[0] & 0x0F, msg[1]), due) for due, _, msg in withdrawn
+                       if midi.is_note_on(msg) or midi.is_note_off(msg)}:
+        (ons if on else offs)[key] += 1
+    again = []
+    for item in sorted(items, key=lambda i: i.step, reverse=True):
+        key = (channels.get(item.part, -1), item.pitch)
+        if ons[key] > 0:
+            ons[key] -= 1
+            offs[key] -= 1
+            again.append((item, True))
+        elif offs[key] > 0:
+            offs[key] -= 1
+            again.append((item, False))
+    return again

@@ -201,10 +201,12 @@ class Band(Session):
     def part_channels(self) -> set[int]:
         return {p.channel for p in self.settings.parts.values()}
 
-    def play_note(self, part: PartConfig, due: float, end: float, pitch: int, velocity: int) -> bool:
+    def play_note(self, part: PartConfig, due: float, end: float, pitch: int, velocity: int,
+                  retimed: bool = False) -> bool:
         """Schedule one part note at ``due`` with the live settings, unless too late (then dropped) or
-        muted; True when it was scheduled."""
-        if due < now() + self.band.safety_ms / 1000:
+        muted; True when it was scheduled. A note ``retimed`` (already fixed, moved by the clock) is not
+        dropped for coming close: the scheduler sends it, or drops it if it is past its lateness limit."""
+        if not retimed and due < now() + self.band.safety_ms / 1000:
             self.telemetry.dropped += 1
             return False
         if not self.settings.audible(part.name):

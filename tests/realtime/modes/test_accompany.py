@@ -13,15 +13,23 @@ import time
 
 import pytest
 
+from musebot.realtime import midi
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.constraints import KeyLock
 from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.modes import make_session
-from musebot.realtime.modes.accompany_plan import MISSES_TO_PAUSE, PAUSE_BARS, Guessing
+from musebot.realtime.modes.accompany_plan import (
+    MISSES_TO_PAUSE,
+    PAUSE_BARS,
+    Guessing,
+    Item,
+    Retiming,
+    to_retime,
+)
 from musebot.realtime.modes.band import BandConfig
 from musebot.realtime.scheduler import Scheduler
-from musebot.realtime.timebase import CLOCK, PPQ, START, STOP
+from musebot.realtime.timebase import CLOCK, PPQ, START, STOP, Timebase
 from tests._jack import hanging_notes
 from tests._realtime_fixtures import exported_reference_model
 
@@ -236,3 +244,31 @@ def test_guessing_pauses_after_misses_in_a_row_and_tries_again_bars_later():
     assert not guessing.replan_to_hear(140, 130, 16)
     guessing.heard = True
     assert not guessing.replan_to_hear(140, 130, 16) and guessing.replan_to_hear(146, 130, 16)
+
+
+def test_fixed_notes_are_timed_again_once_the_clock_moved_the_furthest_by_more_than_a_millisecond():
+    tb = Timebase(bpm=120.0)
+    tb.start(100.0, 0.0)
+    retiming = Retiming()
+    assert not retiming.moved(tb, 2.0)  # the first look notes the line
+    tb.align(100.5, 1.0, 120.12)  # a 0.1 % faster clock moves beat 2 by 0.5 ms
+    assert not retiming.moved(tb, 2.0)
+    tb.align(100.5, 1.0, 121.0)  # speeding up by 1 bpm moves it by 4 ms (a 1 % rule waited for 1.2 bpm)
+    assert retiming.moved(tb, 2.0)
+    assert not retiming.moved(tb, 2.0)  # timed again on this line
+
+
+def test_only_part_notes_still_waiting_in_the_scheduler_are_timed_again():
+    outputs = (MemoryOutput(), MemoryOutput())
+    sounding = Item(0, 1, 0, 40, 90, 8, part="bass")  # its note-on went out, its note-off waits
+    waiting = Item(8, 1, 0, 40, 90, 8, part="bass")  # the same key, both messages waiting
+    over = Item(0, 1, 0, 43, 90, 4, part="bass")  # everything sent
+    chord = Item(8, 2, 1, 60, 90, 8, part="chords")
+    messages = [(1.0, midi.note_off(2, 40)), (1.1, midi.note_on(2, 40, 90)), (1.5, midi.note_off(2, 40)),
+                (1.1, midi.note_on(3, 60, 90)), (1.5, midi.note_off(3, 60))]
+    withdrawn = [(due, output, msg) for output in outputs for due, msg in messages]
+    again = to_retime([sounding, waiting, over, chord], withdrawn, {"bass": 2, "chords": 3})
+    assert sorted(((item.step, item.pitch), whole) for item, whole in again) == [
+        ((0, 40), False), ((8, 40), True), ((8, 60), True)]
+    # A note whose note-on the scheduler had already taken (due within its spin) is not played twice.
+    assert to_retime([waiting], [(1.5, outputs[0], midi.note_off(2, 40))], {"bass": 2}) == [(waiting, False)]
