@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musebot.realtime import heap
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.errors import PortNotFoundError, RealtimeError
@@ -123,6 +124,7 @@ class Daemon:
         self.session: Session | None = None
         self.started_at = now()
         self.log_limiter: LogLimiter | None = None  # on the real-time loggers while serving
+        self._heap_frozen = False  # whether start() froze the heap (``heap.freeze``) and close() must release it
         try:
             self._open_outputs()
             self._open_input()
@@ -187,6 +189,8 @@ class Daemon:
         # A flood must not become a flood of log lines from the real-time path (counted in overflows()).
         self.log_limiter = LogLimiter(loggers=realtime_loggers())
         self.log_limiter.install()
+        heap.freeze()  # what is alive now stays alive: no full collection walks it while the music plays
+        self._heap_frozen = True
         self.scheduler.start()
         self.session.started()  # a band raises the scheduler thread's priority
         for target, name in ((self._listen, "musebot-listener"), (self._watch, "musebot-health")):
@@ -423,6 +427,9 @@ class Daemon:
             self._probe.close(server_died=dead)
         if self.log_limiter is not None:
             self.log_limiter.remove()
+        if self._heap_frozen:
+            self._heap_frozen = False
+            heap.release()
         if self.recorder is not None and self.options.record and len(self.recorder):
             path = self.recorder.save(self.options.record, self.session_meta(), origin=self.started_at)
             log.info("session recorded to %s", path)
