@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 CLIENT_NAME = "musebot"  # the input's client: "musebot:in"; the virtual output's: "musebot-out:out"
 HEALTH_PERIOD_S = 0.5
 LISTEN_BATCH = 256  # messages handled per pass of the listener (one tick per pass)
-MAX_BACKLOG_S = 0.25  # input older than this when the listener reaches it is dropped (a flood: newest wins)
+MAX_BACKLOG_S = 0.25  # a listener this far behind keeps only the newest this much of its input (a flood)
 LOST_QUIET_S = 0.15  # after input was lost, this much quiet releases the keys the session thinks held
 
 
@@ -276,8 +276,11 @@ class Daemon:
 
     def _next_batch(self) -> list[tuple[float, object]]:
         """The messages waiting (up to LISTEN_BATCH; waits a moment for the first). Under a flood the
-        newest win: messages older than MAX_BACKLOG_S are dropped and counted, so the listener is never
-        minutes behind the musician, and the input is marked lost (see ``_listen``)."""
+        newest win: when the listener finds itself more than MAX_BACKLOG_S behind, it takes everything
+        waiting (at most the input queue) and keeps only its newest messages, LISTEN_BATCH of them at most and
+        none older than MAX_BACKLOG_S before the newest, counting the rest as dropped and marking the input
+        lost (see ``_listen``). So it catches up at once, and the phrase played just after a flood is kept
+        even when it, too, waited behind the flood."""
         source = self.input.queue if self.input is not None else self._idle_queue
         try:
             batch = [source.get(timeout=0.002)]
@@ -289,9 +292,14 @@ class Daemon:
             except queue.Empty:
                 break
         overflows = self.input.overflows if self.input is not None else 0
-        oldest_kept = now() - MAX_BACKLOG_S
-        if batch[0][0] < oldest_kept:
-            kept = [item for item in batch if item[0] >= oldest_kept]
+        if batch[0][0] < now() - MAX_BACKLOG_S:
+            while True:  # bounded: the queue holds at most ``input_queue`` messages
+                try:
+                    batch.append(source.get_nowait())
+                except queue.Empty:
+                    break
+            oldest_kept = batch[-1][0] - MAX_BACKLOG_S
+            kept = [item for item in batch[-LISTEN_BATCH:] if item[0] >= oldest_kept]
             self.stale_dropped += len(batch) - len(kept)
             batch = kept
             self._input_lost = True

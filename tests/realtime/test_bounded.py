@@ -81,3 +81,40 @@ def test_the_log_limiter_lets_the_first_lines_through_and_counts_the_rest():
         limiter.remove()
         logger.removeHandler(handler)
     assert len(records) == 5 and limiter.suppressed == 995
+
+
+def test_a_listener_behind_a_flood_keeps_the_newest_input_so_the_phrase_after_it_is_heard(tmp_path):
+    from musebot.realtime.clock import now
+    from musebot.realtime.config import ServeConfig
+    from musebot.realtime.daemon import LISTEN_BATCH, Daemon, ServeOptions
+
+    options = ServeOptions(answer="echo", outputs=["fluidsynth"], fluidsynth_driver="file",
+                           fluidsynth_file=str(tmp_path / "out.wav"), input="none")
+    daemon = Daemon(ServeConfig(seed=1), options)  # not started: the test is its listener, and a stalled one
+    try:
+        t0 = now() - 2.0
+        for i in range(2800):  # 1.4 s of a flood of controllers, from 2 s ago
+            assert daemon.feed([0xB0, 1, i % 128], t0 + i * 0.0005)
+        # The musician's phrase just after the flood, which also waited behind it: 0.25-0.4 s old now.
+        phrase = [(t0 + 1.6 + 0.05 * k, [0x90 if k % 2 == 0 else 0x80, 60 + k // 2, 90 if k % 2 == 0 else 0])
+                  for k in range(4)]
+        for t, msg in phrase:
+            daemon.feed(msg, t)
+        batch = daemon._next_batch()
+        assert batch == phrase  # the newest 0.25 s of what waited: the phrase, all of it
+        assert daemon.stale_dropped == 2800  # the flood, counted
+        # Behind a dense flood that is still going on, it catches up at once: a batch of the newest.
+        late = now() - 0.4
+        for i in range(1000):  # 0.1 s of a flood, from 0.4 s ago
+            daemon.feed([0xB0, 2, i % 128], late + i * 0.0001)
+        batch = daemon._next_batch()
+        assert len(batch) == LISTEN_BATCH and batch[-1][1] == [0xB0, 2, 999 % 128]
+        assert daemon.stale_dropped == 2800 + 1000 - LISTEN_BATCH
+        # A listener that keeps up drops nothing, and takes at most a batch at a time.
+        fresh = now()
+        for i in range(LISTEN_BATCH + 10):
+            daemon.feed([0xB0, 7, i % 128], fresh)
+        assert len(daemon._next_batch()) == LISTEN_BATCH and len(daemon._next_batch()) == 10
+        assert daemon.stale_dropped == 2800 + 1000 - LISTEN_BATCH
+    finally:
+        daemon.close()
