@@ -22,7 +22,8 @@ beats fall on the musician's: its first note keeps its place within the beat, in
 
 A flood (the inbox overflowed, dropping its oldest): the context no longer records the music, and the
 flood's random notes would move the tracked key, each move a re-read of the context. So it is then cut to
-its newest ``FLOOD_KEEP_EVENTS``: the worker keeps up and the next phrase is answered at once.
+its newest ``FLOOD_KEEP_EVENTS`` (and again at its end, ``FLOOD_QUIET_S`` without a drop: its tail is no music
+either): the worker keeps up and the next phrase is answered at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import logging
 import math
 import queue
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,7 @@ MAX_CONTEXT_EVENTS = 768
 # rising for the ten the context takes to fill (measured: +60 MB between minutes 5 and 9 of a soak).
 RESERVED_EVENTS = MAX_CONTEXT_EVENTS + 256
 FLOOD_KEEP_EVENTS = 64  # events of context kept when a flood overflowed the inbox (module docstring)
+FLOOD_QUIET_S = 0.25  # ... and once more when no message was dropped for this long (its end)
 # A model slower than the music plans its answers with this share of its measured rate (a step's time
 # varies), and starts an answer at most this many beats late to have enough generated ahead.
 RATE_SAFETY = 0.8
@@ -166,7 +168,7 @@ class ModelAnswerer(Answerer):
         self._call: _Call | None = None
         self._call_begins = False  # a phrase began: the next message opens its _Call
         self._warned_slow = False  # "slower than the music" is logged once
-        self._dropped_seen = 0  # the inbox's dropped count when the context was last cut for a flood
+        self._dropped_seen, self._flood_end = 0, 0.0  # the inbox's dropped count at the last cut; when it ends
         engine.reserve(RESERVED_EVENTS)
         engine.append([engine.vocab.special_row(engine.vocab.bos_id)])
         self._committed = engine.n_events
@@ -213,8 +215,6 @@ class ModelAnswerer(Answerer):
     def set_constraints(self, **changes: object) -> None:
         """Change fields of the answers' :class:`~musebot.engine.masks.Constraints` (e.g. ``pitch_range``,
         ``pitch_classes``); raises ConstraintError at once for a set the vocabulary cannot satisfy."""
-        from dataclasses import replace
-
         from musebot.engine.masks import MaskTable
 
         self._commands.put(("masks", MaskTable(self.engine.vocab, replace(self.masks.constraints, **changes))))
@@ -262,7 +262,7 @@ class ModelAnswerer(Answerer):
                 command = self._commands.get_nowait()
             except queue.Empty:
                 command = None
-        if self._commands.dropped != self._dropped_seen and self._answer is None:
+        if self._answer is None and (self._commands.dropped != self._dropped_seen or 0 < self._flood_end <= now()):
             self._forget_flood()
         answer = self._answer
         if answer is not None and not answer.done:
@@ -414,8 +414,9 @@ class ModelAnswerer(Answerer):
 
     def _forget_flood(self) -> None:
         """The inbox dropped messages (a flood, module docstring): only the newest ``FLOOD_KEEP_EVENTS``
-        events of the context stay."""
-        self._dropped_seen = self._commands.dropped
+        events of the context stay; once more at the flood's end (no drop for ``FLOOD_QUIET_S``)."""
+        flooding, self._dropped_seen = self._commands.dropped != self._dropped_seen, self._commands.dropped
+        self._flood_end = now() + FLOOD_QUIET_S if flooding else 0.0
         self._rollback_ahead()
         self._trim_context(keep=FLOOD_KEEP_EVENTS, limit=FLOOD_KEEP_EVENTS)
 
@@ -432,8 +433,6 @@ class ModelAnswerer(Answerer):
 
     def _shifted_masks(self):
         """The answer masks in the model's pitches: the musician's range and pitch classes moved by shift."""
-        from dataclasses import replace
-
         from musebot.engine.masks import MaskTable
 
         if not self.shift:

@@ -283,3 +283,48 @@ def test_a_flood_that_overflows_the_inbox_leaves_a_short_context_and_the_next_ca
         assert len(session.answer()) > before
     finally:
         session.close()
+
+
+def test_the_tail_of_a_flood_heard_after_its_last_overflow_leaves_the_context_at_the_flood_s_end(model_dir, monkeypatch):
+    # On a loaded machine the worker can drain the inbox while the flood still comes: the context was cut at
+    # the last overflow, and the flood's tail (no overflow any more) went into it whole. A loop run: 281 events
+    # of context after a 3,000-note flood. Once nothing was dropped for FLOOD_QUIET_S it is cut again.
+    import random
+
+    from musebot.realtime.modes import call_worker
+
+    monkeypatch.setattr(call_worker, "FLOOD_QUIET_S", 1.5, raising=False)  # the tail comes well before it
+    session = Session(model_dir)
+    rng = random.Random(5)
+
+    def notes(n: int) -> None:
+        t = now()
+        for i in range(n):
+            pitch = rng.randrange(36, 96)
+            session.duet.handle(t + i * 1e-4, midi.note_on(0, pitch, 90))
+            session.duet.handle(t + i * 1e-4 + 5e-5, midi.note_off(0, pitch))
+
+    try:
+        worker = session.answerer
+        notes(3000)
+        give_up = now() + 10.0
+        while not worker.stats.trims and now() < give_up:  # the worker drains the overflow and cuts the context
+            session.run_until(now() + 0.02)
+        assert worker.stats.trims == 1
+        dropped = worker.backlog_dropped()
+        assert dropped > 0
+        notes(150)  # the tail: 300 messages, fewer than the inbox sheds at
+        session.run_until(now() + 0.5)
+        assert worker.backlog_dropped() == dropped
+        assert worker.engine.n_events > call_worker.FLOOD_KEEP_EVENTS + 150  # the tail is in the context ...
+        session.run_until(now() + 2.5)  # past FLOOD_QUIET_S, and the end of the answer to the tail
+        # ... until the flood's end: the newest FLOOD_KEEP_EVENTS stay (then what was guessed ahead of them, and
+        # an answer's).
+        assert worker.stats.trims == 2
+        assert worker.engine.n_events <= call_worker.FLOOD_KEEP_EVENTS + worker.config.speculate_events + 64
+        before = len(session.answer())
+        release = session.play(start=now())
+        session.run_until(release + SILENCE_S + 1.0)
+        assert len(session.answer()) > before
+    finally:
+        session.close()
