@@ -257,6 +257,22 @@ def test_a_long_session_keeps_the_context_bounded_and_goes_on_answering(model_di
         session.close()
 
 
+def flood(session: Session, rng, n: int) -> None:
+    """``n`` random notes played into the session at once (a tenth of a millisecond apart)."""
+    t = now()
+    for i in range(n):
+        pitch = rng.randrange(36, 96)
+        session.duet.handle(t + i * 1e-4, midi.note_on(0, pitch, 90))
+        session.duet.handle(t + i * 1e-4 + 5e-5, midi.note_off(0, pitch))
+
+
+def answered_after_a_call(session: Session) -> bool:
+    before = len(session.answer())
+    release = session.play(start=now())
+    session.run_until(release + SILENCE_S + 1.0)
+    return len(session.answer()) > before
+
+
 def test_a_flood_that_overflows_the_inbox_leaves_a_short_context_and_the_next_call_is_answered(model_dir):
     # Thousands of notes at once: the inbox drops the oldest, the context (no longer a record of the music)
     # is cut to its newest events, so no key the flood suggests re-reads a long context, and the next call
@@ -268,19 +284,12 @@ def test_a_flood_that_overflows_the_inbox_leaves_a_short_context_and_the_next_ca
     session = Session(model_dir)
     rng = random.Random(3)
     try:
-        t = now()
-        for i in range(3000):
-            pitch = rng.randrange(36, 96)
-            session.duet.handle(t + i * 1e-4, midi.note_on(0, pitch, 90))
-            session.duet.handle(t + i * 1e-4 + 5e-5, midi.note_off(0, pitch))
+        flood(session, rng, 3000)
         worker = session.answerer
         session.run_until(now() + 2.0)
         assert worker.backlog_dropped() > 0
         assert worker.engine.n_events <= call_worker.FLOOD_KEEP_EVENTS + worker.config.speculate_events + 64
-        before = len(session.answer())
-        release = session.play(start=now())
-        session.run_until(release + SILENCE_S + 1.0)
-        assert len(session.answer()) > before
+        assert answered_after_a_call(session)
     finally:
         session.close()
 
@@ -296,24 +305,16 @@ def test_the_tail_of_a_flood_heard_after_its_last_overflow_leaves_the_context_at
     monkeypatch.setattr(call_worker, "FLOOD_QUIET_S", 1.5, raising=False)  # the tail comes well before it
     session = Session(model_dir)
     rng = random.Random(5)
-
-    def notes(n: int) -> None:
-        t = now()
-        for i in range(n):
-            pitch = rng.randrange(36, 96)
-            session.duet.handle(t + i * 1e-4, midi.note_on(0, pitch, 90))
-            session.duet.handle(t + i * 1e-4 + 5e-5, midi.note_off(0, pitch))
-
     try:
         worker = session.answerer
-        notes(3000)
+        flood(session, rng, 3000)
         give_up = now() + 10.0
         while not worker.stats.trims and now() < give_up:  # the worker drains the overflow and cuts the context
             session.run_until(now() + 0.02)
         assert worker.stats.trims == 1
         dropped = worker.backlog_dropped()
         assert dropped > 0
-        notes(150)  # the tail: 300 messages, fewer than the inbox sheds at
+        flood(session, rng, 150)  # the tail: 300 messages, fewer than the inbox sheds at
         session.run_until(now() + 0.5)
         assert worker.backlog_dropped() == dropped
         assert worker.engine.n_events > call_worker.FLOOD_KEEP_EVENTS + 150  # the tail is in the context ...
@@ -322,9 +323,6 @@ def test_the_tail_of_a_flood_heard_after_its_last_overflow_leaves_the_context_at
         # an answer's).
         assert worker.stats.trims == 2
         assert worker.engine.n_events <= call_worker.FLOOD_KEEP_EVENTS + worker.config.speculate_events + 64
-        before = len(session.answer())
-        release = session.play(start=now())
-        session.run_until(release + SILENCE_S + 1.0)
-        assert len(session.answer()) > before
+        assert answered_after_a_call(session)
     finally:
         session.close()
