@@ -23,7 +23,7 @@ beats fall on the musician's: its first note keeps its place within the beat, in
 A flood (the inbox overflowed, dropping its oldest): the context no longer records the music, and the
 flood's random notes would move the tracked key, each move a re-read of the context. So it is then cut to
 its newest ``FLOOD_KEEP_EVENTS`` (and again at its end, ``FLOOD_QUIET_S`` without a drop: its tail is no music
-either): the worker keeps up and the next phrase is answered at once.
+either), even while an answer plays: the worker keeps up and the next phrase is answered at once.
 """
 
 from __future__ import annotations
@@ -262,8 +262,8 @@ class ModelAnswerer(Answerer):
                 command = self._commands.get_nowait()
             except queue.Empty:
                 command = None
-        if self._answer is None and (self._commands.dropped != self._dropped_seen or 0 < self._flood_end <= now()):
-            self._forget_flood()
+        if self._commands.dropped != self._dropped_seen or 0 < self._flood_end <= now():
+            self._forget_flood()  # (the inbox is empty here: the flood's messages are all in the context)
         answer = self._answer
         if answer is not None and not answer.done:
             self._advance_answer(answer)
@@ -413,10 +413,11 @@ class ModelAnswerer(Answerer):
                 call.overflow, call.messages = True, []
 
     def _forget_flood(self) -> None:
-        """The inbox dropped messages (a flood, module docstring): only the newest ``FLOOD_KEEP_EVENTS``
-        events of the context stay; once more at the flood's end (no drop for ``FLOOD_QUIET_S``)."""
+        """A flood (module docstring): only the newest ``FLOOD_KEEP_EVENTS`` events of the context stay; an
+        answer under way (guessed from the flood, and holding its rows ahead) ends where it is."""
         flooding, self._dropped_seen = self._commands.dropped != self._dropped_seen, self._commands.dropped
         self._flood_end = now() + FLOOD_QUIET_S if flooding else 0.0
+        self._drop_answer()
         self._rollback_ahead()
         self._trim_context(keep=FLOOD_KEEP_EVENTS, limit=FLOOD_KEEP_EVENTS)
 
