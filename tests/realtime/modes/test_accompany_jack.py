@@ -58,8 +58,14 @@ def play_at_beats(musician: Musician, timebase, events) -> None:
     deadline = now() + 10
     while not timebase.running and now() < deadline:
         time.sleep(0.005)
+    assert timebase.running, "the session's clock did not start within 10 s"
     for beat, msg in sorted(events, key=lambda e: e[0]):
-        sleep_until(timebase.time_at(beat))
+        due = timebase.time_at(beat)
+        if due is None:
+            # The clock stopped: the external clock's song ended before the melody's last notes (seen once,
+            # with two JACK test runs side by side on two cores); what was played is measured.
+            break
+        sleep_until(due)
         musician.send(*msg)
 
 
