@@ -148,7 +148,8 @@ def test_a_named_input_that_vanishes_is_reconnected_when_it_returns(jack, caplog
     d = make_daemon(input="tester-kbd:out")
     keyboard.listen("musebot-out:out")
     try:
-        with caplog.at_level(logging.WARNING, logger="musebot.realtime.daemon"):
+        # DEBUG: why the input is not back yet, if it is not (once, with two loops side by side, not in 10 s).
+        with caplog.at_level(logging.DEBUG, logger="musebot.realtime.daemon"):
             keyboard.unplug()
             wait_for_log(caplog, "vanished")
             assert "input port 'tester-kbd:out' vanished" in caplog.text

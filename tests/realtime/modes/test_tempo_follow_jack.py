@@ -110,6 +110,8 @@ def duet(bpm: float, swing: bool, tempo: str = "follow", seed: int = 5):
 def test_the_answer_keeps_the_musicians_tempo_and_pulse(jack, bpm, swing):
     start, onsets, heard, session = duet(bpm, swing)
     period = 60.0 / bpm
+    # What the session heard and the worker did (a loop run under load once heard no answer at all).
+    print(f"\ncounts {session.counts} generation {session.generation()} tempo {session.tempo()}")
     assert len(onsets) >= 4, f"the answer has {len(onsets)} onsets"
     share = simple_share(onsets, period)
     distance = grid_distance(onsets, start, period, swing)
