@@ -23,7 +23,7 @@ beats fall on the musician's: its first note keeps its place within the beat, in
 A flood (the inbox overflowed, dropping its oldest): the context no longer records the music, and the
 flood's random notes would move the tracked key, each move a re-read of the context. So it is then cut to
 its newest ``FLOOD_KEEP_EVENTS`` (and again at its end, ``FLOOD_QUIET_S`` without a drop: its tail is no music
-either; and before an answer begins, never while one plays): the next phrase is answered at once.
+either; never while an answer plays, which it would delay): the next phrase is answered at once.
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ class _Answer:
     done: bool = False
     onsets: list[float] = field(default_factory=list)  # real onset of each scheduled row (rows-ahead order)
     origin_step: int | None = None  # the grid step that sounds at ``due`` (follow: the first note's beat)
-    flood_cut: bool = False  # a flood's cut came before it began (once)
 
 
 @dataclass
@@ -142,7 +141,9 @@ class ModelAnswerer(Answerer):
         self.config = config
         self.tokenizer = MIDITokenizer.from_dict(engine.config["tokenizer"])
         self._settings_class = SamplerSettings
-        self.settings = SamplerSettings(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+        self.settings = SamplerSettings(
+            temperature=config.temperature, top_p=config.top_p, top_k=config.top_k
+        )
         self._converter_class = LiveConverter
         self.converter = self._new_converter(now())
         # ``masks`` are in the musician's pitches (what the API shows); ``_model_masks`` in the model's.
@@ -246,8 +247,11 @@ class ModelAnswerer(Answerer):
 
     def _step(self) -> None:
         # Commands first: a new note must reach the cache before more is guessed from a stale one.
-        answer = self._answer  # idle: enough guessed ahead, or an answer fully scheduled only waits for its end
-        idle = len(self._ahead) >= self.config.speculate_events if answer is None else answer.done
+        answer = self._answer
+        if answer is None:
+            idle = len(self._ahead) >= self.config.speculate_events
+        else:  # an answer fully scheduled only waits for its end
+            idle = answer.done
         try:
             command = self._commands.get(timeout=0.02 if idle else 0.0)
         except queue.Empty:
@@ -258,11 +262,9 @@ class ModelAnswerer(Answerer):
                 command = self._commands.get_nowait()
             except queue.Empty:
                 command = None
-        answer = self._answer
-        waiting = answer is not None and not answer.next_index and not answer.flood_cut  # nothing of it sent yet
-        if (answer is None or waiting) and (self._commands.dropped != self._dropped_seen
-                                             or 0 < self._flood_end <= now() or waiting and self._flood_end):
+        if self._answer is None and (self._commands.dropped != self._dropped_seen or 0 < self._flood_end <= now()):
             self._forget_flood()
+        answer = self._answer
         if answer is not None and not answer.done:
             self._advance_answer(answer)
         elif answer is not None and now() >= answer.due + answer.length_s:
@@ -411,12 +413,10 @@ class ModelAnswerer(Answerer):
                 call.overflow, call.messages = True, []
 
     def _forget_flood(self) -> None:
-        """A flood (module docstring): only the newest ``FLOOD_KEEP_EVENTS`` events of the context stay."""
+        """The inbox dropped messages (a flood, module docstring): only the newest ``FLOOD_KEEP_EVENTS``
+        events of the context stay; once more at the flood's end (no drop for ``FLOOD_QUIET_S``)."""
         flooding, self._dropped_seen = self._commands.dropped != self._dropped_seen, self._commands.dropped
-        if flooding or self._flood_end <= now():  # a new drop, or the flood's end (the last cut)
-            self._flood_end = now() + FLOOD_QUIET_S if flooding else 0.0
-        if self._answer is not None:  # cut before it begins: it would hold the cut off while it plays
-            self._answer.flood_cut = True
+        self._flood_end = now() + FLOOD_QUIET_S if flooding else 0.0
         self._rollback_ahead()
         self._trim_context(keep=FLOOD_KEEP_EVENTS, limit=FLOOD_KEEP_EVENTS)
 
