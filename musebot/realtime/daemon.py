@@ -192,7 +192,7 @@ class Daemon:
         heap.freeze()  # what is alive now stays alive: no full collection walks it while the music plays
         self._heap_frozen = True
         self.scheduler.start()
-        self.session.started()  # a band raises the scheduler thread's priority
+        self.session.started()  # raises the scheduler thread's priority
         for target, name in ((self._listen, "musebot-listener"), (self._watch, "musebot-health")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

@@ -314,14 +314,19 @@ class ClockFollower:
         self.timebase.align(float(slope * index + intercept), index / PPQ, 60.0 / (slope * PPQ))
         self.timebase.source = "external"
 
-    def check(self, t: float) -> None:
-        """Notice a dropout: ticks overdue while the transport runs; then the timebase freewheels."""
-        if self.locked and self.transport and t - self._last_tick > self.dropout_periods * self._period:
+    def check(self, t: float, heard_until: float | None = None) -> None:
+        """Notice a dropout: ticks overdue while the transport runs; then the timebase freewheels.
+
+        ``heard_until``: the input has been read up to then (its poller's ``heard_until``; default ``t``).
+        Ticks are overdue only if they had not arrived by then: a reader held up for a while (a busy
+        machine) has them waiting in its queue, and that is no dropout of the sender's."""
+        looked = t if heard_until is None else min(t, heard_until)
+        if self.locked and self.transport and looked - self._last_tick > self.dropout_periods * self._period:
             self.locked = False
             self.counts["dropouts"] += 1
             self.timebase.source = "freewheel"
             log.warning("external clock lost (no tick for %.0f ms): following musebot's own clock at %.1f bpm",
-                        (t - self._last_tick) * 1e3, self.timebase.bpm)
+                        (looked - self._last_tick) * 1e3, self.timebase.bpm)
 
 
 class ClockSender:

@@ -159,6 +159,20 @@ def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_and_says_so(caplog):
     assert tb.beat_at(t + 1.0) == pytest.approx(4.0, abs=0.02)
 
 
+def test_ticks_waiting_for_a_held_up_reader_are_no_dropout():
+    tb = Timebase(120)
+    follower = ClockFollower(tb)
+    follower.handle(0.0, (START,))
+    t = ticks(follower, 0.0, 120.0, 2 * PPQ)
+    # Half a second on the wall clock, but the clock input last looked at its queue 5 ms after the last tick
+    # (its thread held up by a busy machine): the ticks since may be waiting there, nothing is lost yet.
+    follower.check(t + 0.5, heard_until=t + 0.005)
+    assert tb.source == "external" and follower.locked and follower.counts["dropouts"] == 0
+    # It looked again and found nothing for half a second: that is a dropout.
+    follower.check(t + 0.5, heard_until=t + 0.5)
+    assert tb.source == "freewheel" and follower.counts["dropouts"] == 1
+
+
 def test_stop_in_the_middle_of_a_bar_keeps_the_position_and_continue_resumes_there(caplog):
     tb = Timebase(120)
     follower = ClockFollower(tb)

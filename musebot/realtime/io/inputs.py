@@ -115,6 +115,11 @@ class ClockInput:
         with self._lock:
             self.follower.handle(t, message)
 
+    @property
+    def heard_until(self) -> float:
+        """Every tick that arrived before this moment has reached the follower (``MidiPoller``)."""
+        return self._poller.heard_until
+
     def close(self) -> None:
         self._poller.stop()
         try:

@@ -9,7 +9,13 @@ the port is closed.
 Arrival times: RtMidi gives each message the time since the previous one (``delta``, measured by the MIDI
 system when the message arrived). The poller chains those deltas, and clamps each estimate between the
 last moment it saw the queue empty and now, so a burst keeps its exact spacing and no estimate is ever off
-by more than one poll interval.
+by more than one poll interval. "Seen empty" is the moment the poll *began*: a thread held up after an
+empty poll (a busy machine, the interpreter lock) must not take the moment it runs again for one at which
+nothing had arrived, or what arrived meanwhile would be squeezed together at that moment.
+
+``heard_until`` is that moment as the poller's owner reads it: everything that arrived before it has been
+handled. A watchdog that waits for a message (the MIDI clock's dropout check) asks it rather than the wall
+clock, so a poller held up is not taken for a sender that stopped.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class MidiPoller:
         self.name = name
         self.interval_s = interval_s
         self._stop = threading.Event()
+        self.heard_until = now()  # everything that arrived before this has been handled (docstring)
         self._thread = threading.Thread(target=self._run, name=f"midi-in {name}", daemon=True)
         self._thread.start()
 
@@ -48,13 +55,14 @@ class MidiPoller:
         empty_at = now()  # the last moment the queue was seen empty: nothing waiting arrived before it
         previous: float | None = None
         while not self._stop.is_set():
+            looked_at = now()
             try:
                 item = get_message()
             except Exception as exc:  # noqa: BLE001 - a client of a dead server: wait for the reopen
                 log.debug("polling %s: %s", self.name, exc)
                 item = None
             if item is None:
-                empty_at = now()
+                empty_at = self.heard_until = looked_at
                 time.sleep(self.interval_s)
                 continue
             message, delta = item

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
-import sys
 import threading
 import time
 from collections import deque
@@ -40,9 +38,6 @@ BAND_MODES = ("accompany", "looper")
 PART_TAG = "part:"
 MUSICIAN_TRACK = 1
 QUIET_BEFORE_S, QUIET_AFTER_S, QUIET_MAX_WAIT_S = 0.002, 0.0005, 0.015  # see Band.wait_for_quiet
-THREAD_NICE = -5
-SWITCH_INTERVAL_S = 0.0005  # the interpreter passes its lock on at least this often (default 5 ms)
-SCHEDULER_RT_PRIORITY = 20  # well below JACK's own threads (70 and its clients' 69)
 
 
 @dataclass
@@ -136,9 +131,6 @@ class Band(Session):
     def __init__(self, config: ServeConfig, band: BandConfig, scheduler: Scheduler,
                  outputs: Sequence[Output], settings: LiveSettings, api: int | None = None) -> None:
         band.validate()
-        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
-            # The scheduler thread must get the GIL within a fraction of a ms of its deadline, not 5 ms.
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
         super().__init__(config, scheduler, outputs)
         self.band = band
         self.settings = settings
@@ -155,8 +147,6 @@ class Band(Session):
         self.harmony = Harmony(band.chart(), band.harmony, self.timebase.meter.bar_beats)
         self.counts.update(notes=0, controls=0)
         self.clock_input = None
-        self.realtime_priority = False  # whether started() got SCHED_FIFO for the scheduler thread
-        self._reniced: list[tuple[int, int]] = []  # (thread id, nice before started())
         self._dues: list[float] = []  # heap of the part notes' planned times, for wait_for_quiet
         self._dues_lock = threading.Lock()
         channels = [p.channel for p in settings.parts.values()]
@@ -275,7 +265,7 @@ class Band(Session):
     def tick(self, t: float) -> None:
         """Called by the listener between messages: clock watchdog, clock out, metronome."""
         if self.follower is not None:
-            self.follower.check(t)
+            self.follower.check(t, None if self.clock_input is None else self.clock_input.heard_until)
         if self.clock_sender is not None:
             self.clock_sender.pump(t)
         self.metronome.pump(t)
@@ -366,37 +356,7 @@ class Band(Session):
             "harmony": self.harmony.status(tb.beat_at(now())),
         }
 
-    def started(self) -> None:
-        """The daemon has started the scheduler: ask the OS to run its thread before ordinary work
-        (SCHED_FIFO, as JACK runs its own), so a busy machine does not make a part note late. Without the
-        right (not root, no rtprio limit) the thread keeps its normal priority, and the log says so."""
-        thread_id = self.scheduler.native_id
-        if thread_id is None or not hasattr(os, "sched_setscheduler"):
-            return
-        try:
-            os.sched_setscheduler(thread_id, os.SCHED_FIFO, os.sched_param(SCHEDULER_RT_PRIORITY))
-            self.realtime_priority = True
-            log.info("scheduler thread runs at real-time priority %d", SCHEDULER_RT_PRIORITY)
-        except (PermissionError, OSError) as exc:
-            log.info("scheduler thread keeps normal priority (%s); timing may suffer on a busy machine", exc)
-            return
-        # The scheduler also needs the interpreter lock, which musebot's other threads hold in turns: they
-        # get a nice of -5, so other work on the machine does not stall one of them while it holds it.
-        for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
-            try:
-                if int(task) != thread_id:
-                    previous = os.getpriority(os.PRIO_PROCESS, int(task))
-                    os.setpriority(os.PRIO_PROCESS, int(task), min(previous, THREAD_NICE))
-                    self._reniced.append((int(task), previous))
-            except (PermissionError, OSError):
-                break
-
     def close(self) -> None:
         if self.clock_input is not None:
             self.clock_input.close()
-        for task, previous in self._reniced:  # the process's threads as they were (a test process goes on)
-            try:
-                os.setpriority(os.PRIO_PROCESS, task, previous)
-            except OSError:
-                pass
-        self._reniced = []
+        super().close()

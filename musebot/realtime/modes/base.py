@@ -13,6 +13,8 @@ overrides ``hear`` (a musical message of the musician), ``control`` (its control
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 
@@ -23,6 +25,10 @@ from musebot.realtime.io.recorder import SessionRecorder
 from musebot.realtime.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+
+SCHEDULER_RT_PRIORITY = 20  # well below JACK's own threads (its server's and its clients')
+THREAD_NICE = -5  # the session's other threads, which hold the interpreter lock in turns with the scheduler
+SWITCH_INTERVAL_S = 0.0005  # the interpreter passes its lock on at least this often (default 5 ms)
 
 
 class SessionError(ValueError):
@@ -42,6 +48,8 @@ class Session:
         self.outputs = list(outputs)
         self.recorder = recorder
         self.counts = {"received": 0, "invalid": 0, "panics": 0}
+        self.realtime_priority = False  # whether started() got SCHED_FIFO for the scheduler thread
+        self._reniced: list[tuple[int, int]] = []  # (thread id, nice before started())
 
     # ---- the listener's interface --------------------------------------------------------------------
     def handle(self, t: float, data: object) -> None:
@@ -140,10 +148,44 @@ class Session:
 
     # ---- life ----------------------------------------------------------------------------------------
     def started(self) -> None:
-        """The daemon's threads are up (the scheduler among them)."""
+        """The daemon has started the scheduler: ask the OS to run its thread before ordinary work
+        (SCHED_FIFO, as JACK runs its own), so a busy machine does not make a note late, in every mode (an
+        answer's notes as much as a part's). Without the right (not root, no rtprio limit) the thread keeps
+        its normal priority, and the log says so."""
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            # The scheduler thread must get the GIL within a fraction of a ms of its deadline, not 5 ms.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        thread_id = self.scheduler.native_id
+        if thread_id is None or not hasattr(os, "sched_setscheduler"):
+            return
+        try:
+            os.sched_setscheduler(thread_id, os.SCHED_FIFO, os.sched_param(SCHEDULER_RT_PRIORITY))
+            self.realtime_priority = True
+            log.info("scheduler thread runs at real-time priority %d", SCHEDULER_RT_PRIORITY)
+        except (PermissionError, OSError) as exc:
+            log.info("scheduler thread keeps normal priority (%s); timing may suffer on a busy machine", exc)
+            return
+        # The scheduler also needs the interpreter lock, which musebot's other threads hold in turns: they
+        # get a nice of -5 (and so do the threads they start), so other work on the machine does not stall
+        # one of them while it holds it.
+        for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+            try:
+                if int(task) != thread_id:
+                    previous = os.getpriority(os.PRIO_PROCESS, int(task))
+                    os.setpriority(os.PRIO_PROCESS, int(task), min(previous, THREAD_NICE))
+                    self._reniced.append((int(task), previous))
+            except (PermissionError, OSError):
+                break
 
     def close(self) -> None:
-        """Stop the session's own threads (after the daemon's last panic)."""
+        """Stop the session's own threads (after the daemon's last panic); a mode that has threads of its
+        own stops them and then calls this."""
+        for task, previous in self._reniced:  # the process's threads as they were (a test process goes on)
+            try:
+                os.setpriority(os.PRIO_PROCESS, task, previous)
+            except OSError:
+                pass
+        self._reniced = []
 
 
 def load_engine(model_dir: str, precision: str | None = None):

@@ -242,3 +242,4 @@ class Duet(Session):
 
     def close(self) -> None:
         self.answerer.close()
+        super().close()

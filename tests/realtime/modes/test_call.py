@@ -6,6 +6,9 @@ tested is the interaction logic itself, with the real scheduler sending at real 
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
 
 import pytest
@@ -142,3 +145,34 @@ def test_the_session_records_both_parts_with_the_seed(rig, tmp_path):
 
     tracks = mido.MidiFile(path).tracks
     assert [sum(1 for m in tr if m.type == "note_on" and m.velocity) for tr in tracks[1:]] == [2, 2]
+
+
+def fifo_allowed() -> bool:
+    """Whether this process may put a thread of its own in SCHED_FIFO (root, or an rtprio limit)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except (PermissionError, OSError):
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
+
+
+def test_the_answers_are_scheduled_by_a_real_time_thread_where_the_system_allows_it(rig, caplog):
+    duet, _ = rig
+    allowed = fifo_allowed() if hasattr(os, "sched_setscheduler") else False
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with caplog.at_level(logging.INFO, logger="musebot.realtime.modes.base"):
+        duet.started()
+    try:
+        assert duet.realtime_priority is allowed
+        if allowed:
+            # The answers' notes go out before ordinary work on a busy machine (as a band's parts do), and the
+            # threads that share the interpreter lock with the scheduler get a lower nice.
+            assert os.sched_getscheduler(duet.scheduler.native_id) == os.SCHED_FIFO
+            assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) <= -5
+            assert "real-time priority" in caplog.text
+        else:
+            assert "keeps normal priority" in caplog.text
+    finally:
+        duet.close()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice  # as it was
