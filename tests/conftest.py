@@ -44,3 +44,14 @@ def _no_daemon_outlives_its_test(monkeypatch):
     for daemon in started:
         if not daemon.stop_event.is_set():
             daemon.close()
+
+
+@pytest.fixture
+def freezes():
+    """A witness of the machine's own freezes (``tests/_stalls.py``) for a test of live timing."""
+    from tests._stalls import Freezes
+
+    witness = Freezes()
+    yield witness
+    print(witness.summary())
+    witness.close()

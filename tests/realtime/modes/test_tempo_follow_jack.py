@@ -41,14 +41,19 @@ def jack():
         yield server
 
 
-def perform(musician: Musician, notes: list[tuple[float, float, int]]) -> None:
-    """Play ``(onset, release, pitch)`` at their absolute times (sleeping to each deadline)."""
+def perform(musician: Musician, notes: list[tuple[float, float, int]]) -> float:
+    """Play ``(onset, release, pitch)`` at their absolute times (sleeping to each deadline); returns how late
+    the latest note-on left (the musician's thread held up by a busy machine)."""
     events = sorted([(on, 0x90, p, 90) for on, _, p in notes] + [(off, 0x80, p, 0) for _, off, p in notes])
+    late = 0.0
     for t, status, pitch, velocity in events:
         wait = t - now()
         if wait > 0:
             time.sleep(wait)
-        musician.send(status, pitch, velocity)
+        sent = musician.send(status, pitch, velocity)
+        if status == 0x90:
+            late = max(late, sent - t)
+    return late
 
 
 def answer_onsets(heard, after: float) -> list[float]:
@@ -88,7 +93,7 @@ def duet(bpm: float, swing: bool, tempo: str = "follow", seed: int = 5):
             time.sleep(0.3)  # the model thread settles; the musician starts when they like
             start = now() + 0.2
             notes = melody(bpm, start, swing=swing, jitter_s=0.015, seed=int(bpm))
-            perform(musician, notes)
+            call_late = perform(musician, notes)
             release = max(off for _, off, _ in notes)
             period = 60.0 / bpm
             time.sleep(max(0.0, release + (3 + ANSWER_BEATS) * max(period, 0.5) - now()))
@@ -101,22 +106,38 @@ def duet(bpm: float, swing: bool, tempo: str = "follow", seed: int = 5):
             heard = musician.snapshot()
         finally:
             musician.close()
-        return start, answer_onsets(heard, release), heard, daemon.session
+        return start, answer_onsets(heard, release), heard, daemon.session, call_late
     finally:
         daemon.close()
 
 
+def duet_as_written(bpm: float, swing: bool, tempo: str = "follow"):
+    """:func:`duet`, played again (twice at most) when the test's musician could not play the call as written:
+    a note-on more than 20 ms late, its thread caught in a freeze of the machine (tests/_stalls.py), is a
+    different call from the one the test judges the answer against."""
+    for _ in range(3):
+        start, onsets, heard, session, call_late = duet(bpm, swing, tempo)
+        if call_late <= 0.02:
+            break
+        print(f"the call's latest note-on left {call_late * 1e3:.0f} ms late: played again")
+    return start, onsets, heard, session
+
+
 @pytest.mark.parametrize(("bpm", "swing"), [(72, False), (142, False), (96, True), (104, True)])
-def test_the_answer_keeps_the_musicians_tempo_and_pulse(jack, bpm, swing):
-    start, onsets, heard, session = duet(bpm, swing)
+def test_the_answer_keeps_the_musicians_tempo_and_pulse(jack, bpm, swing, freezes):
+    start, onsets, heard, session = duet_as_written(bpm, swing)
     period = 60.0 / bpm
     # What the session heard and the worker did (a loop run under load once heard no answer at all).
     print(f"\ncounts {session.counts} generation {session.generation()} tempo {session.tempo()}")
     assert len(onsets) >= 4, f"the answer has {len(onsets)} onsets"
     share = simple_share(onsets, period)
-    distance = grid_distance(onsets, start, period, swing)
+    # An onset heard within 110 ms after a freeze of the machine (tests/_stalls.py) may be one the freeze held
+    # back: the pulse is judged on the others (on all of them if fewer than four are left).
+    clear = [t for t in onsets if not freezes.touched(t, before_s=0.11, after_s=0.0)]
+    distance = grid_distance(clear if len(clear) >= 4 else onsets, start, period, swing)
     print(f"\n{bpm} bpm {'swung' if swing else 'straight'}: followed {session.bpm:.1f} bpm, "
-          f"{len(onsets)} onsets, simple IOIs {share:.0%}, median off the eighth grid {distance:.3f} beat")
+          f"{len(onsets)} onsets ({len(clear)} clear of {freezes.summary()}), simple IOIs {share:.0%}, "
+          f"median off the eighth grid {distance:.3f} beat")
     assert session.tempo()["source"] == "follow"
     assert share >= 0.70
     assert distance <= 0.05
@@ -124,7 +145,7 @@ def test_the_answer_keeps_the_musicians_tempo_and_pulse(jack, bpm, swing):
 
 
 def test_tempo_fixed_answers_on_its_own_grid_not_the_musicians(jack):
-    _, onsets, heard, session = duet(96, False, tempo="fixed")
+    _, onsets, heard, session = duet_as_written(96, False, tempo="fixed")
     assert session.bpm == 120.0 and session.beats is None
     assert len(onsets) >= 4 and hanging_notes(heard) == set()
     # At 120 bpm the model's eighths are 0.25 s apart; the musician's (96 bpm) 0.3125 s.
