@@ -3,8 +3,8 @@
 On the shared virtual machines these tests run on, a virtual CPU kept busy is now and then taken away by the
 host for 50-100 ms (CPU steal): every thread on it stops, whatever its priority. Measured with a SCHED_FIFO
 thread that sleeps 1 ms at a time (a cyclictest, 2026-12-04): idle, the longest wake-up was 2.2 ms
-late; beside one busy process, 12 wake-ups in 40 s were more than 50 ms late; beside two, 24 in 60 s (the
-longest 101 ms). No program inside the machine can be punctual across such a freeze, musebot included.
+late; beside two busy processes, 24 wake-ups in 60 s were more than 50 ms late (the longest 101 ms). No
+program inside the machine can be punctual across such a freeze, musebot included.
 
 A test of musebot's timing therefore runs a :class:`Freezes` witness: one process per CPU, pinned to it and
 at real-time priority where the system allows, that records every wake-up more than ``threshold_s`` late as a
