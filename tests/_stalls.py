@@ -24,7 +24,7 @@ from musebot.realtime.clock import now
 
 WATCHER = """
 import os, sys, time
-cpu, threshold = int(sys.argv[1]), float(sys.argv[2])
+cpu, threshold, parent = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 try:
     os.sched_setaffinity(0, {cpu})
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(30))
@@ -32,12 +32,13 @@ except OSError:
     pass  # no right to real-time priority: a normal process sees the freezes too, and some delays of its own
 print("ready", flush=True)
 last = time.perf_counter()
-while True:
-    time.sleep(0.001)
-    t = time.perf_counter()
-    if t - last > threshold:
-        print(f"{last!r} {t!r}", flush=True)
-    last = t
+while os.getppid() == parent:  # a test process killed without its teardown must not leave a watcher behind
+    for _ in range(1000):
+        time.sleep(0.001)
+        t = time.perf_counter()
+        if t - last > threshold:
+            print(f"{last!r} {t!r}", flush=True)
+        last = t
 """
 
 
@@ -49,8 +50,8 @@ class Freezes:
         self.windows: list[tuple[float, float]] = []
         self._lock = threading.Lock()
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
-        self._watchers = [subprocess.Popen([sys.executable, "-c", WATCHER, str(cpu), str(1e-3 + threshold_s)],
-                                           stdout=subprocess.PIPE, text=True) for cpu in cpus]
+        self._watchers = [subprocess.Popen([sys.executable, "-c", WATCHER, str(cpu), str(1e-3 + threshold_s),
+                                            str(os.getpid())], stdout=subprocess.PIPE, text=True) for cpu in cpus]
         for watcher in self._watchers:
             assert watcher.stdout.readline().strip() == "ready"
             threading.Thread(target=self._read, args=(watcher,), daemon=True).start()
