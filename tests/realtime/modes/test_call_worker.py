@@ -333,7 +333,6 @@ def test_the_tail_of_a_flood_heard_after_its_last_overflow_leaves_the_context_at
         # The worker has seen the flood's last drop (and cut the context, maybe while the flood still came).
         while not (worker._flood_end and worker._dropped_seen == worker.backlog_dropped()) and now() < give_up:
             session.run_until(now() + 0.02)
-        cuts = worker.stats.trims
         dropped = worker.backlog_dropped()
         assert dropped > 0 and worker._flood_end > now()  # the cut at the flood's end is still to come
         prefilled = worker.stats.prefill_rows
@@ -343,8 +342,10 @@ def test_the_tail_of_a_flood_heard_after_its_last_overflow_leaves_the_context_at
         assert worker.backlog_dropped() == dropped
         # The tail went into the context whole (130-150 rows: notes the converter's grid merges are one) ...
         assert worker.stats.prefill_rows - prefilled > call_worker.FLOOD_KEEP_EVENTS
-        # ... until the flood's end: the newest FLOOD_KEEP_EVENTS stay (then musebot's answer).
-        assert worker.stats.trims > cuts
+        # ... until the flood's end: the newest FLOOD_KEEP_EVENTS stay (then musebot's answer). Whether that
+        # takes a cut of its own depends on how much of the tail the worker had committed by then (rows of a
+        # call still being read are prefilled and rolled back: a CI run saw no second cut, and nothing over the
+        # bound), so the bound on the flood's notes left is what is asserted.
         assert musician_notes(worker) <= call_worker.FLOOD_KEEP_EVENTS
         assert answered_after_a_call(session)
     finally:
