@@ -74,6 +74,17 @@ class Freezes:
         with self._lock:
             return [(s, e) for s, e in self.windows if s <= t1 and e >= t0]
 
+    def stolen(self, t0: float, t1: float) -> float:
+        """Seconds of ``[t0, t1]`` inside some freeze (the union of the windows, clipped): time the machine
+        took from every program, which a bound on musebot's own time leaves out."""
+        total, reach = 0.0, t0
+        for start, end in sorted(self.between(t0, t1)):
+            start, end = max(start, reach), min(end, t1)
+            if end > start:
+                total += end - start
+                reach = end
+        return total
+
     def summary(self) -> str:
         with self._lock:
             longest = max((e - s for s, e in self.windows), default=0.0)

@@ -133,7 +133,7 @@ def answer_after(musician: Musician, t: float, timeout: float = 5.0) -> float | 
     return min(onsets) - t if onsets else None
 
 
-def test_after_a_flood_the_next_phrase_is_answered_at_once_and_memory_is_back(daemon):
+def test_after_a_flood_the_next_phrase_is_answered_at_once_and_memory_is_back(daemon, freezes):
     process, port, musician = daemon
     phrase = [(60, 0.12), (64, 0.12), (67, 0.12)]
     release = musician.play(phrase)  # warm: the model answers before the flood
@@ -146,6 +146,8 @@ def test_after_a_flood_the_next_phrase_is_answered_at_once_and_memory_is_back(da
     release = musician.play(phrase)
     first = answer_after(musician, release, timeout=5.0)
     answered_s = None if first is None else release + first - flood_end
+    # The machine's own freezes in that second (tests/_stalls.py) stopped musebot too: they do not count.
+    stolen = 0.0 if first is None else freezes.stolen(flood_end, release + first)
     time.sleep(2.0)
     rss_end = rss_mb(process.pid)
     after = status(port)
@@ -155,8 +157,8 @@ def test_after_a_flood_the_next_phrase_is_answered_at_once_and_memory_is_back(da
     print(f"\nflood ended at {time.strftime('%H:%M:%S', time.localtime(ended))}.{int(ended % 1 * 1000):03d}; "
           f"phrase released {release - flood_end:.3f} s later")
     print(f"\nflood: {sent} messages in {FLOOD_S:.0f} s; next phrase's answer {answered_s} s after the flood's "
-          f"end (silence {SILENCE_MS} ms); RSS {rss_start:.0f} -> {rss_end:.0f} MB; overflows {overflows}")
-    assert first is not None and answered_s < 1.0
+          f"end (silence {SILENCE_MS} ms; {stolen:.3f} s of it the machine frozen); RSS {rss_start:.0f} -> {rss_end:.0f} MB; overflows {overflows}")
+    assert first is not None and answered_s - stolen < 1.0
     assert rss_end - rss_start < 50
     assert set(overflows) >= {"input_overflows", "backlog_dropped", "recorder_dropped", "log_lines_suppressed"}
     assert process.poll() is None
