@@ -71,7 +71,11 @@ FLOOD_QUIET_S = 0.25  # ... and once more when no message was dropped for this l
 # varies), and starts an answer at most this many beats late to have enough generated ahead.
 RATE_SAFETY = 0.8
 MAX_START_DELAY_BEATS = 1.0
-MAX_COME_IN_S = 0.5  # a held-up answer still comes in this late at fast tempi (a beat is 150 ms at 400 bpm)
+# A held-up answer (a stall, a flood's recovery, a slow model behind a legato call) still comes in up to a bar
+# late, or a second at fast tempi (a bar is 0.6 s at 400 bpm): a late answer is heard as a rest before it,
+# none as the call falling flat (at 0.5 s, a slow model on a loaded machine left calls unanswered).
+MAX_COME_IN_BEATS = 4.0
+MAX_COME_IN_S = 1.0
 MIN_RATE_EVENTS = 16  # the rate is planned with once this many events were generated
 LATE_MARGIN_S = 0.003  # a note whose onset is nearer than this when generated is dropped, never sent late
 
@@ -522,11 +526,11 @@ class ModelAnswerer(Answerer):
     def _come_in_later(self, answer: _Answer, late_s: float) -> None:
         """Nothing of the answer sounds yet and its first note is already due: the worker was held up (a
         flood's recovery, a key change re-read, a starved thread). The answer comes in later, on the next
-        eighth of its grid, rather than not at all; more than ``MAX_START_DELAY_BEATS`` (or ``MAX_COME_IN_S``,
+        eighth of its grid, rather than not at all; more than ``MAX_COME_IN_BEATS`` (or ``MAX_COME_IN_S``,
         whichever is longer) late, it is dropped."""
         eighth_s = STEPS_PER_BEAT / 2 / self._steps_per_s
         delay = math.ceil(late_s / eighth_s) * eighth_s
-        if delay <= max(MAX_START_DELAY_BEATS * 2 * eighth_s, MAX_COME_IN_S) + 1e-9:
+        if delay <= max(MAX_COME_IN_BEATS * 2 * eighth_s, MAX_COME_IN_S) + 1e-9:
             answer.due += delay
             self.stats.delayed_answers += 1
             log.info("answer %d: the worker was held up; it comes in %.0f ms later", answer.answer_id, delay * 1e3)

@@ -53,12 +53,15 @@ def serve(mode: str, model: str | None = None, bpm: float = 240, **band) -> Daem
     return daemon.start()
 
 
-def play_at_beats(musician: Musician, timebase, events) -> None:
-    """Send ``(beat, message)`` events when the session's clock reaches their beats (once it runs)."""
+def play_at_beats(musician: Musician, timebase, events) -> float:
+    """Send ``(beat, message)`` events when the session's clock reaches their beats (once it runs); returns
+    how late the latest message left (s): more than a few ms, the musician was held up (a freeze of the
+    machine) and did not play what was written."""
     deadline = now() + 10
     while not timebase.running and now() < deadline:
         time.sleep(0.005)
     assert timebase.running, "the session's clock did not start within 10 s"
+    latest = 0.0
     for beat, msg in sorted(events, key=lambda e: e[0]):
         due = timebase.time_at(beat)
         if due is None:
@@ -66,7 +69,8 @@ def play_at_beats(musician: Musician, timebase, events) -> None:
             # with two JACK test runs side by side on two cores); what was played is measured.
             break
         sleep_until(due)
-        musician.send(*msg)
+        latest = max(latest, musician.send(*msg) - due)
+    return latest
 
 
 def melody(pitches, first_beat, step=0.5):
@@ -116,8 +120,12 @@ def test_a_melody_played_into_musebot_in_gets_bass_and_chords_on_their_channels_
 
 
 DRUM_MACHINE = """
-import json, sys, time
+import json, os, sys, time
 import rtmidi
+try:  # a drum machine keeps time: real-time priority where allowed, as musebot's scheduler has
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+except (AttributeError, OSError):
+    pass
 start, beats, bpm0, bpm1, flat = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), 2
 gap_beat = float(sys.argv[5]) if len(sys.argv) > 5 else None  # a dropout: no tick for half a second here
 port = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="tester-clock")
@@ -234,14 +242,15 @@ def test_a_clock_dropout_falls_back_to_musebot_s_own_clock_says_so_and_the_parts
     assert during and all(source == "freewheel" and running for _, source, running, _ in during)
     assert during[-1][3] > during[0][3]
     # One dropout for the half second without ticks, and one more for any stall of the drum machine itself
-    # (a process starved on a loaded machine) longer than the follower's dropout limit; at most one more for
-    # each freeze of the machine (tests/_stalls.py) long enough to hold JACK's ticks back past that limit; none
-    # for anything else.
+    # longer than the follower's dropout limit; none for anything else. A freeze of the machine
+    # (tests/_stalls.py) long enough to hold ticks back past that limit may add one (JACK's ticks held back)
+    # or take one away (the drum machine and musebot's reader frozen alike: the reader saw no gap).
     limit = daemon.session.follower.dropout_periods * 60.0 / (150 * PPQ)
     stalls = int(np.sum(np.diff(ticks) > limit))
     frozen = [(s, e) for s, e in freezes.between(ticks[0], ticks[-1]) if e - s > limit - 60.0 / (150 * PPQ)]
     assert stalls >= 1
-    assert stalls <= daemon.session.follower.counts["dropouts"] <= stalls + len(frozen), (
+    dropouts = daemon.session.follower.counts["dropouts"]
+    assert max(1, stalls - len(frozen)) <= dropouts <= stalls + len(frozen), (
         np.sort(np.diff(ticks))[-3:], limit, freezes.summary())
     # Back on the drum machine's ticks: 24 per beat are counted across the gap, so the beat did not slip.
     assert daemon.session.follower.ticks == pytest.approx(10 * PPQ, abs=1)

@@ -84,9 +84,11 @@ def test_the_model_answers_on_time_on_its_channel_and_releases_every_note(model_
         session.close()
 
 
-def test_a_worker_held_up_past_the_answers_due_brings_it_in_later_rather_than_never(model_dir, monkeypatch):
-    # The worker starts on the answer only after its first note was due (as when it recovers from a flood),
-    # with nothing generated ahead: the answer comes in on a later eighth of its grid, whole, not cut.
+@pytest.mark.parametrize("held_s", [0.12, 0.9])
+def test_a_worker_held_up_past_the_answers_due_brings_it_in_later_rather_than_never(model_dir, monkeypatch, held_s):
+    # The worker starts on the answer only after its first note was due (as when it recovers from a flood,
+    # or a slow model lags behind a legato call), with nothing generated ahead: the answer comes in on a
+    # later eighth of its grid, whole, not cut; up to a bar late (at 120 bpm, 2 s).
     session = Session(model_dir, speculate_events=0, tempo="fixed")
     worker, held = session.answerer, []
     real_advance = worker._advance_answer
@@ -94,7 +96,7 @@ def test_a_worker_held_up_past_the_answers_due_brings_it_in_later_rather_than_ne
     def held_up(answer):
         if not held and answer.answer_id == session.duet.answer_id and answer.first_step is None:
             held.append(now())
-            sleep_until(answer.due + 0.12)
+            sleep_until(answer.due + held_s)
             worker._rollback_ahead()  # nothing ready: the first row is generated now, late
         return real_advance(answer)
 
@@ -102,13 +104,42 @@ def test_a_worker_held_up_past_the_answers_due_brings_it_in_later_rather_than_ne
     try:
         release = session.play(start=now())
         due = release + SILENCE_S
-        session.run_until(due + 1.5)
+        session.run_until(due + held_s + 1.5)
         ons = session.answer()
         stats = worker.stats
         assert held and len(ons) >= 2, (held, ons)
         eighth = 60.0 / session.config.bpm / 2
-        assert due + 0.12 < ons[0][0] <= due + 0.12 + eighth + 0.02
+        assert due + held_s < ons[0][0] <= due + held_s + eighth + 0.02
         assert stats.delayed_answers == 1 and stats.cut_answers == 0 and stats.dropped == 0
+        assert session.out.ledger.sounding() == []
+    finally:
+        session.close()
+
+
+def test_a_worker_held_up_longer_than_a_bar_drops_the_answer_and_counts_it(model_dir, monkeypatch):
+    # More than a bar late the call is long over: the answer is dropped (counted), never sent late, and the
+    # next call is answered as usual.
+    session = Session(model_dir, speculate_events=0, tempo="fixed")
+    worker, held = session.answerer, []
+    real_advance = worker._advance_answer
+    bar_s = 4 * 60.0 / session.config.bpm
+
+    def held_up(answer):
+        if not held and answer.answer_id == session.duet.answer_id and answer.first_step is None:
+            held.append(answer.answer_id)
+            sleep_until(answer.due + bar_s + 0.2)
+            worker._rollback_ahead()
+        return real_advance(answer)
+
+    monkeypatch.setattr(worker, "_advance_answer", held_up)
+    try:
+        release = session.play(start=now())
+        session.run_until(release + SILENCE_S + bar_s + 0.5)
+        assert held and session.answer() == []
+        assert worker.stats.cut_answers == 1 and worker.stats.dropped == 1
+        release = session.play(start=now())
+        session.run_until(release + SILENCE_S + 1.5)
+        assert session.answer() and min(t for t, _ in session.answer()) >= release + SILENCE_S
         assert session.out.ledger.sounding() == []
     finally:
         session.close()

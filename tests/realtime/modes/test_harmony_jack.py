@@ -140,9 +140,9 @@ def test_over_a_chart_the_bass_lands_on_chord_tones_at_each_change_and_the_chord
     assert got["chords_fit"] >= 0.85, figures
 
 
-def test_following_the_chords_played_the_parts_take_them_from_the_next_beat_and_the_recording_marks_them(
-        jack, model_dir, tmp_path):
-    record = tmp_path / "follow.mid"
+def follow_the_chords(model_dir, record) -> tuple[Daemon, list, float]:
+    """The musician plays a chord progression over a drum machine's clock, musebot following the chords;
+    returns the daemon (closed), what the band status said at the end and how late the latest chord left."""
     daemon = serve(model_dir, parts=["bass"], clock="external", harmony="follow", record=str(record))
     musician = Musician()
     # Both hands: a left-hand root and a right-hand voicing held for a bar each: Dm7, G7, Cmaj7, A7.
@@ -156,7 +156,7 @@ def test_following_the_chords_played_the_parts_take_them_from_the_next_beat_and_
     try:
         drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), "51", str(BPM), str(BPM)],
                                  stdout=subprocess.PIPE, text=True)
-        play_at_beats(musician, daemon.session.timebase, events)
+        late = play_at_beats(musician, daemon.session.timebase, events)
         seen.append(daemon.session.band_status()["harmony"])
         drums.communicate(timeout=25)
         time.sleep(0.2)
@@ -164,6 +164,20 @@ def test_following_the_chords_played_the_parts_take_them_from_the_next_beat_and_
         daemon.close()
         time.sleep(0.1)
         musician.close()
+    return daemon, seen, late
+
+
+def test_following_the_chords_played_the_parts_take_them_from_the_next_beat_and_the_recording_marks_them(
+        jack, model_dir, tmp_path):
+    # Played again (twice at most) when the test's musician could not play as written: a chord more than a
+    # tenth of a beat late, its thread caught in a freeze of the machine (tests/_stalls.py) or starved on a
+    # loaded one (a loop run once heard a bar of Cmaj7 go by without it being named).
+    for attempt in range(3):
+        record = tmp_path / f"follow-{attempt}.mid"
+        daemon, seen, late = follow_the_chords(model_dir, record)
+        if late <= 0.1 * 60 / BPM:
+            break
+        print(f"\nthe latest chord left {late * 1e3:.0f} ms late: played again")
     harmony = daemon.session.harmony
     named = [chord.symbol for _, chord in harmony.tracked]
     assert named[:4] == ["Dm7", "G7", "Cmaj7", "A7"], named

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -57,10 +58,14 @@ def serve(config: ServeConfig, options: ServeOptions) -> Daemon:
     daemon.sends = []  # (due, sent, msg, tag) of each message the scheduler sent
     daemon.planned = []  # (due, when it was handed to the scheduler, msg, tag) of each message planned
 
+    daemon.withdrawn = []  # (due, msg, tag) of each planned message cancelled or cleared
+
     def plan(action, items, tag) -> None:
         if action == "add":
             t = now()
             daemon.planned += [(due, t, msg, tag) for due, _output, msg in items]
+        else:
+            daemon.withdrawn += [(due, msg, tag) for due, _output, msg in items]
 
     daemon.observers.append(Observer(on_sent=lambda due, sent, output, msg, tag:
                                      daemon.sends.append((due, sent, msg, tag)), on_plan=plan))
@@ -88,6 +93,19 @@ def planned_late(daemon: Daemon, tag_prefix: str) -> list[float]:
     return [t - due for due, t, msg, tag in daemon.planned
             if tag and tag.startswith(tag_prefix) and msg[0] & 0xF0 == 0x90 and msg[2] > 0
             and t - due > LATE_LIMIT_S]
+
+
+def dropped_note_ons(daemon: Daemon, tag_prefix: str, until: float) -> list[float]:
+    """Due times of the note-ons of ``tag_prefix`` due before ``until`` that were planned and neither sent
+    nor withdrawn: the scheduler's drops (a note-on it reached too late to send)."""
+    def ons(rows):
+        return Counter((due, tuple(msg)) for due, msg, tag in rows
+                       if tag and tag.startswith(tag_prefix) and msg[0] & 0xF0 == 0x90 and msg[2] > 0 and due < until)
+
+    planned = ons((due, msg, tag) for due, _t, msg, tag in daemon.planned)
+    sent = ons((due, msg, tag) for due, _sent, msg, tag in daemon.sends)
+    left = planned - sent - ons(daemon.withdrawn)
+    return sorted(due for (due, _msg), n in left.items() for _ in range(n))
 
 
 def late_note_ons(daemon: Daemon, tag_prefix: str) -> list[float]:
@@ -134,7 +152,8 @@ def test_a_model_slower_than_the_music_answers_without_late_notes_or_stalls(slow
         stop(daemon, musician)
 
 
-def test_an_accompaniment_by_a_model_slower_than_the_music_keeps_playing_and_says_it_is_behind(slow_model, jack):
+def test_an_accompaniment_by_a_model_slower_than_the_music_keeps_playing_and_says_it_is_behind(slow_model, jack,
+                                                                                                freezes):
     band = BandConfig.for_mode("accompany", parts=["bass", "chords"], key="C major")
     # --drop-late-ms 20: the scheduler itself never sends a note-on more than 20 ms late. On this loaded
     # 2-core machine (two busy processes beside the suite) its thread, although SCHED_FIFO, at times waits
@@ -171,8 +190,12 @@ def test_an_accompaniment_by_a_model_slower_than_the_music_keeps_playing_and_say
         assert all(any(end - 2 * (k + 1) < t <= end - 2 * k for t in ons) for k in range(4)), ons
         assert late_note_ons(daemon, PART_TAG) == []
         assert planned_late(daemon, PART_TAG) == []
-        # The scheduler's own drops (a late thread, not a late plan) stay a small share of what was sent.
-        dropped_by_scheduler = report["telemetry"]["dropped_late"]
-        assert dropped_by_scheduler <= max(2, len(ons) // 20), (dropped_by_scheduler, len(ons))
+        # The scheduler's own drops (a late thread, not a late plan) stay a small share of what was sent,
+        # leaving out those a freeze of the machine (tests/_stalls.py) held past their 20 ms.
+        dropped = dropped_note_ons(daemon, PART_TAG, until=now() - 1.0)
+        unfrozen = [due for due in dropped if not freezes.touched(due, due + LATE_LIMIT_S)]
+        print(f"scheduler drops of part notes due until a second ago: {len(dropped)}, {len(unfrozen)} clear of "
+              f"{freezes.summary()}")
+        assert len(unfrozen) <= max(2, len(ons) // 20), (unfrozen, report["telemetry"]["dropped_late"], len(ons))
     finally:
         stop(daemon, musician)
