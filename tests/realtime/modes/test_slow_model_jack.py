@@ -150,8 +150,13 @@ def test_a_model_slower_than_the_music_answers_without_late_notes_or_stalls(slow
         assert late_note_ons(daemon, ANSWER_TAG, freezes) == [], freezes.summary()
         # The worker hands over nothing already late.
         assert planned_late(daemon, ANSWER_TAG, freezes) == [], freezes.summary()
+        # The scheduler's own drops stay a small share of what was sent, leaving out those a freeze of the
+        # machine held past their 20 ms (one freeze of 100 ms in a dense answer drops ten notes or more).
         sent = sum(len(a) for a in answers)
-        assert report["telemetry"]["dropped_late"] <= max(2, sent // 20), (report["telemetry"], sent)
+        dropped = dropped_note_ons(daemon, ANSWER_TAG, until=now() - 1.0)
+        unfrozen = [due for due in dropped if not freezes.touched(due, due + LATE_LIMIT_S)]
+        print(f"scheduler drops of answer notes: {len(dropped)}, {len(unfrozen)} clear of {freezes.summary()}")
+        assert len(unfrozen) <= max(2, sent // 20), (unfrozen, report["telemetry"], sent)
     finally:
         stop(daemon, musician)
 
