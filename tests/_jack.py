@@ -30,7 +30,9 @@ requires_jackd = pytest.mark.skipif(JACKD is None, reason="jackd is not installe
 # hundreds of cycles late in ten seconds even unloaded ("JackEngine::XRun: client = rx was not finished"),
 # and a client that misses a cycle loses the MIDI events of its ports: 3 of 2,000 messages in a loopback, a
 # note-off in 1 of 12 call-mode soaks (a key held for the 30 s timeout, calls unanswered), a chord tone in CI.
-# Synchronous, at the same 64 frames: 0 lost.
+# Synchronous, at the same 64 frames: 0 lost. And with a client timeout of 500 ms (``jackd -t``, see
+# ``start_dummy_jack``): JACK2's default gives a late client 27 ms, and this VM's host freezes a busy virtual
+# CPU for 100 ms (tests/_stalls.py), after which a frozen client had lost the MIDI of the cycles it missed.
 class JackServer:
     """One ``jackd -d dummy`` process under a unique name; ``kill``/``start`` simulate a crash and return."""
 

@@ -215,7 +215,8 @@ class Daemon:
         beyond the input queue, the session's own counts (worker backlog, tracker), the recorder's dropped
         events and the log lines suppressed."""
         counts = {"input_overflows": self.input.overflows if self.input is not None else 0,
-                  "input_stale_dropped": self.stale_dropped}
+                  "input_stale_dropped": self.stale_dropped,
+                  "input_sysex_cut": self.input.sysex_cuts if self.input is not None else 0}
         counts.update(self.session.overflows() if self.session is not None else {})
         counts["recorder_dropped"] = self.recorder.dropped if self.recorder is not None else 0
         counts["log_lines_suppressed"] = self.log_limiter.suppressed if self.log_limiter is not None else 0

@@ -131,7 +131,8 @@ STATUS_SCHEMA = {
                 "overflows": {
                     "type": "object",
                     "description": "what was dropped or forgotten to stay bounded: input_overflows (input queue "
-                                   "full), backlog_dropped (musician messages the model thread shed, newest "
+                                   "full), input_sysex_cut (a sysex with no end held the input deaf for "
+                                   "a moment), backlog_dropped (musician messages the model thread shed, newest "
                                    "kept), tracker_trimmed, held_key_timeouts, recorder_dropped, "
                                    "log_lines_suppressed",
                     "additionalProperties": {"type": "integer"},

@@ -10,6 +10,7 @@ import logging
 import queue
 import threading
 
+from musebot.realtime.clock import now
 from musebot.realtime.io import system
 from musebot.realtime.io.poller import MidiPoller
 from musebot.realtime.timebase import ClockFollower
@@ -17,6 +18,62 @@ from musebot.realtime.timebase import ClockFollower
 log = logging.getLogger(__name__)
 
 RTMIDI_QUEUE = 65536  # messages RtMidi itself buffers for the poller (see RtMidiInput.open)
+SYSEX_END = [0xF7]
+SYSEX_ECHO_S = 0.25  # an ender's F7 not back at the poller by then was taken by a sysex cut short
+
+
+class SysexEnder:
+    """Ends a sysex that RtMidi's JACK input is stuck in, so that one malformed message cannot deafen it.
+
+    RtMidi (5.0 and its master of 2026) reads a JACK event that starts a sysex (F0) but does not end it (F7)
+    as the first part of a longer one: every later event is taken for the rest of it and dropped, sysex being
+    ignored, until an event ends in F7. One such message (a device unplugged mid-dump, a hostile sender)
+    left the input deaf for good: three note-ons after ``F0 7D 01`` never reached the listener. ALSA reads
+    each event on its own and is not affected.
+
+    This companion output client of ours (``<input client>-sysex-end``, connected to the input's own port)
+    sends a lone F7 whenever the input's poller has heard nothing for ``NUDGE_AFTER_S`` (its ``nudge``): it
+    ends a stuck sysex (RtMidi drops the F7 with it), so the input is deaf for 50 ms at most; when nothing
+    was stuck, the F7 reaches the poller, which drops it (:func:`is_sysex_end`). An F7 that never comes back
+    ended a stuck sysex: :class:`RtMidiInput` counts it (``sysex_cuts``, in the status). What came in the
+    moment between the sysex and the F7 is lost (a lost note-off: the held-key timeout lets go of it). Where
+    the companion cannot be made, the input runs without it (logged)."""
+
+    def __init__(self, api: int, client_name: str, port_name: str) -> None:
+        rtmidi = system.rtmidi_module()
+        self._out = rtmidi.MidiOut(api, name=f"{client_name}-sysex-end")
+        try:
+            self._out.open_port(system.wait_for_port(self._out, port_name, timeout=1.0), "out")
+        except Exception:
+            system.close_client(self._out, close_port=False)
+            raise
+        system.graph_changed()
+
+    @classmethod
+    def for_input(cls, api: int, client_name: str) -> SysexEnder | None:
+        """The ender of input client ``client_name`` (its port ``<client_name>:in``), on JACK only."""
+        rtmidi = system.rtmidi_module()
+        if api != rtmidi.API_UNIX_JACK:
+            return None
+        try:
+            return cls(api, client_name, f"{client_name}:in")
+        except Exception as exc:  # noqa: BLE001 - a renamed client, a dying server: run without it
+            log.warning("input %s: no sysex ender (%s); a sysex cut short can leave it deaf", client_name, exc)
+            return None
+
+    def nudge(self) -> None:
+        self._out.send_message(SYSEX_END)
+
+    def close(self, server_died: bool = False) -> None:
+        try:
+            system.close_client(self._out, server_died=server_died)
+        except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
+            log.debug("closing sysex ender: %s", exc)
+
+
+def is_sysex_end(message: list[int]) -> bool:
+    """A lone F7: the :class:`SysexEnder`'s nudge, never a message of the musician's."""
+    return message == SYSEX_END
 
 
 class RtMidiInput:
@@ -37,6 +94,9 @@ class RtMidiInput:
         self.connected_to: str | None = None
         self._midi_in = None
         self._poller: MidiPoller | None = None
+        self._sysex_ender: SysexEnder | None = None
+        self._ender_sent_at: float | None = None  # when the ender's last F7 left, until it comes back
+        self.sysex_cuts = 0  # sysexes cut short (no F7) that held the input deaf until the ender's F7
         self.open()
 
     @property
@@ -44,6 +104,9 @@ class RtMidiInput:
         return f"{self.client_name}:in" if self.port is None else self.port
 
     def _enqueue(self, t: float, message: list[int]) -> None:
+        if is_sysex_end(message):
+            self._ender_sent_at = None  # the ender's F7 came back: no sysex was stuck
+            return
         try:
             self.queue.put_nowait((t, message))
         except queue.Full:
@@ -66,7 +129,22 @@ class RtMidiInput:
         else:
             self.connected_to = system.open_named_port(midi_in, self.port, "MIDI input", "in")
         self._midi_in = midi_in
-        self._poller = MidiPoller(midi_in, self._enqueue, self.name)
+        self._sysex_ender = SysexEnder.for_input(self.api, self.client_name)
+        self._ender_sent_at = None
+        nudge = self._nudge if self._sysex_ender is not None else None
+        self._poller = MidiPoller(midi_in, self._enqueue, self.name, nudge=nudge)
+
+    def _nudge(self) -> None:
+        """The poller heard nothing for a moment: send the ender's F7 (see :class:`SysexEnder`)."""
+        t = now()
+        if self._ender_sent_at is not None:
+            if t - self._ender_sent_at < SYSEX_ECHO_S:
+                return  # the last F7 may still be on its way
+            self.sysex_cuts += 1
+            log.warning("input %s: a sysex was cut short (no F7): what followed it for a moment was lost",
+                        self.name)
+        self._ender_sent_at = t
+        self._sysex_ender.nudge()
 
     def source_present(self) -> bool:
         """For a named port: whether the port it reads from still exists (always True for virtual)."""
@@ -82,6 +160,9 @@ class RtMidiInput:
         if self._poller is not None:
             self._poller.stop()
             self._poller = None
+        if self._sysex_ender is not None:
+            self._sysex_ender.close(server_died=server_died)
+            self._sysex_ender = None
         if self._midi_in is not None:
             try:
                 system.close_client(self._midi_in, server_died=server_died)
@@ -109,9 +190,13 @@ class ClockInput:
             self.name = f"{client_name}:in"
         else:
             self.name = system.open_named_port(self._midi_in, port, "MIDI clock source", "in")
-        self._poller = MidiPoller(self._midi_in, self._handle, self.name)
+        self._sysex_ender = SysexEnder.for_input(api, client_name)
+        nudge = self._sysex_ender.nudge if self._sysex_ender is not None else None
+        self._poller = MidiPoller(self._midi_in, self._handle, self.name, nudge=nudge)
 
     def _handle(self, t: float, message: list[int]) -> None:
+        if is_sysex_end(message):
+            return
         with self._lock:
             self.follower.handle(t, message)
 
@@ -122,6 +207,8 @@ class ClockInput:
 
     def close(self) -> None:
         self._poller.stop()
+        if self._sysex_ender is not None:
+            self._sysex_ender.close()
         try:
             system.close_client(self._midi_in)
         except Exception as exc:  # noqa: BLE001

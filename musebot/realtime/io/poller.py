@@ -16,6 +16,9 @@ nothing had arrived, or what arrived meanwhile would be squeezed together at tha
 ``heard_until`` is that moment as the poller's owner reads it: everything that arrived before it has been
 handled. A watchdog that waits for a message (the MIDI clock's dropout check) asks it rather than the wall
 clock, so a poller held up is not taken for a sender that stopped.
+
+``nudge``: called from the poller's thread whenever nothing arrived for ``nudge_after_s`` (and again after as
+long); the inputs use it to end a sysex RtMidi is stuck in (:class:`~musebot.realtime.io.inputs.SysexEnder`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from musebot.realtime.clock import now
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.0005  # half a millisecond: well inside the 1 ms jitter budget, a few % of one core
+NUDGE_AFTER_S = 0.05  # quiet this long, the poller calls its ``nudge`` (at most 20 times a second)
 
 
 class MidiPoller:
@@ -40,9 +44,12 @@ class MidiPoller:
     """
 
     def __init__(self, midi_in, handle: Callable[[float, list[int]], None], name: str,
-                 interval_s: float = POLL_INTERVAL_S) -> None:
+                 interval_s: float = POLL_INTERVAL_S, nudge: Callable[[], None] | None = None,
+                 nudge_after_s: float = NUDGE_AFTER_S) -> None:
         self._midi_in = midi_in
         self._handle = handle
+        self._nudge = nudge
+        self.nudge_after_s = nudge_after_s
         self.name = name
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -54,6 +61,7 @@ class MidiPoller:
         get_message = self._midi_in.get_message
         empty_at = now()  # the last moment the queue was seen empty: nothing waiting arrived before it
         previous: float | None = None
+        active_at = empty_at  # the last message, or the last nudge
         while not self._stop.is_set():
             looked_at = now()
             try:
@@ -63,8 +71,15 @@ class MidiPoller:
                 item = None
             if item is None:
                 empty_at = self.heard_until = looked_at
+                if self._nudge is not None and looked_at - active_at >= self.nudge_after_s:
+                    active_at = looked_at
+                    try:
+                        self._nudge()
+                    except Exception as exc:  # noqa: BLE001 - a dead server: the reopen makes a new one
+                        log.debug("nudging %s: %s", self.name, exc)
                 time.sleep(self.interval_s)
                 continue
+            active_at = looked_at
             message, delta = item
             t_now = now()
             t = t_now if previous is None else previous + max(float(delta), 0.0)
