@@ -71,11 +71,8 @@ FLOOD_QUIET_S = 0.25  # ... and once more when no message was dropped for this l
 # varies), and starts an answer at most this many beats late to have enough generated ahead.
 RATE_SAFETY = 0.8
 MAX_START_DELAY_BEATS = 1.0
-# A held-up answer (a stall, a flood's recovery, a slow model behind a legato call) still comes in up to a bar
-# late, or a second at fast tempi (a bar is 0.6 s at 400 bpm): a late answer is heard as a rest before it,
-# none as the call falling flat (at 0.5 s, a slow model on a loaded machine left calls unanswered).
-MAX_COME_IN_BEATS = 4.0
-MAX_COME_IN_S = 1.0
+MAX_COME_IN_BEATS = 4.0  # a held-up answer still comes in up to a bar late (at 0.5 s, calls went unanswered)
+MAX_COME_IN_S = 1.0  # ... or a second at fast tempi (a bar is 0.6 s at 400 bpm): a rest, not a flat call
 MIN_RATE_EVENTS = 16  # the rate is planned with once this many events were generated
 LATE_MARGIN_S = 0.003  # a note whose onset is nearer than this when generated is dropped, never sent late
 
