@@ -34,10 +34,11 @@ class SysexEnder:
     This companion output client of ours (``<input client>-sysex-end``, connected to the input's own port)
     sends a lone F7 whenever the input's poller has heard nothing for ``NUDGE_AFTER_S`` (its ``nudge``): it
     ends a stuck sysex (RtMidi drops the F7 with it), so the input is deaf for 50 ms at most; when nothing
-    was stuck, the F7 reaches the poller, which drops it (:func:`is_sysex_end`). An F7 that never comes back
-    ended a stuck sysex: :class:`RtMidiInput` counts it (``sysex_cuts``, in the status). What came in the
-    moment between the sysex and the F7 is lost (a lost note-off: the held-key timeout lets go of it). Where
-    the companion cannot be made, the input runs without it (logged)."""
+    was stuck, the F7 reaches the poller, which drops it (:func:`poll_input`, telling the ender it came back).
+    An F7 that never comes back ended a stuck sysex: the ender counts it (``cuts``; the note input's are
+    ``input_sysex_cut`` in the status). What came in the moment between the sysex and the F7 is lost (a lost
+    note-off: the held-key timeout lets go of it). Where the companion cannot be made, the input runs without
+    it (logged)."""
 
     def __init__(self, api: int, client_name: str, port_name: str) -> None:
         rtmidi = system.rtmidi_module()
@@ -48,6 +49,9 @@ class SysexEnder:
             system.close_client(self._out, close_port=False)
             raise
         system.graph_changed()
+        self.port_name = port_name
+        self.cuts = 0  # sysexes cut short (no F7) that held the input deaf until an F7 of ours
+        self._sent_at: float | None = None  # when our last F7 left, until it comes back
 
     @classmethod
     def for_input(cls, api: int, client_name: str) -> SysexEnder | None:
@@ -62,7 +66,20 @@ class SysexEnder:
             return None
 
     def nudge(self) -> None:
+        """The input heard nothing for a moment: send a lone F7; the last one not come back ended a sysex."""
+        t = now()
+        if self._sent_at is not None:
+            if t - self._sent_at < SYSEX_ECHO_S:
+                return  # the last F7 may still be on its way
+            self.cuts += 1
+            log.warning("input %s: a sysex was cut short (no F7): what followed it for a moment was lost",
+                        self.port_name)
+        self._sent_at = t
         self._out.send_message(SYSEX_END)
+
+    def came_back(self) -> None:
+        """Our F7 reached the input's poller: no sysex was stuck."""
+        self._sent_at = None
 
     def close(self, server_died: bool = False) -> None:
         try:
@@ -71,9 +88,20 @@ class SysexEnder:
             log.debug("closing sysex ender: %s", exc)
 
 
-def is_sysex_end(message: list[int]) -> bool:
-    """A lone F7: the :class:`SysexEnder`'s nudge, never a message of the musician's."""
-    return message == SYSEX_END
+def poll_input(midi_in, handler, name: str, api: int, client_name: str) -> tuple[MidiPoller, SysexEnder | None]:
+    """Start the poller of input client ``client_name`` (port ``name``), with its :class:`SysexEnder` on JACK.
+    ``handler`` never sees a lone F7: the ender's come back (nothing was stuck), never a message of the
+    musician's."""
+    ender = SysexEnder.for_input(api, client_name)
+
+    def handle(t: float, message: list[int]) -> None:
+        if message == SYSEX_END:
+            if ender is not None:
+                ender.came_back()
+            return
+        handler(t, message)
+
+    return MidiPoller(midi_in, handle, name, nudge=None if ender is None else ender.nudge), ender
 
 
 class RtMidiInput:
@@ -95,18 +123,19 @@ class RtMidiInput:
         self._midi_in = None
         self._poller: MidiPoller | None = None
         self._sysex_ender: SysexEnder | None = None
-        self._ender_sent_at: float | None = None  # when the ender's last F7 left, until it comes back
-        self.sysex_cuts = 0  # sysexes cut short (no F7) that held the input deaf until the ender's F7
+        self._closed_cuts = 0  # the sysex cuts of enders closed by a reopen
         self.open()
 
     @property
     def name(self) -> str:
         return f"{self.client_name}:in" if self.port is None else self.port
 
+    @property
+    def sysex_cuts(self) -> int:
+        """Sysexes cut short (no F7) that held the input deaf until its ender's F7 (see :class:`SysexEnder`)."""
+        return self._closed_cuts + (self._sysex_ender.cuts if self._sysex_ender is not None else 0)
+
     def _enqueue(self, t: float, message: list[int]) -> None:
-        if is_sysex_end(message):
-            self._ender_sent_at = None  # the ender's F7 came back: no sysex was stuck
-            return
         try:
             self.queue.put_nowait((t, message))
         except queue.Full:
@@ -129,22 +158,7 @@ class RtMidiInput:
         else:
             self.connected_to = system.open_named_port(midi_in, self.port, "MIDI input", "in")
         self._midi_in = midi_in
-        self._sysex_ender = SysexEnder.for_input(self.api, self.client_name)
-        self._ender_sent_at = None
-        nudge = self._nudge if self._sysex_ender is not None else None
-        self._poller = MidiPoller(midi_in, self._enqueue, self.name, nudge=nudge)
-
-    def _nudge(self) -> None:
-        """The poller heard nothing for a moment: send the ender's F7 (see :class:`SysexEnder`)."""
-        t = now()
-        if self._ender_sent_at is not None:
-            if t - self._ender_sent_at < SYSEX_ECHO_S:
-                return  # the last F7 may still be on its way
-            self.sysex_cuts += 1
-            log.warning("input %s: a sysex was cut short (no F7): what followed it for a moment was lost",
-                        self.name)
-        self._ender_sent_at = t
-        self._sysex_ender.nudge()
+        self._poller, self._sysex_ender = poll_input(midi_in, self._enqueue, self.name, self.api, self.client_name)
 
     def source_present(self) -> bool:
         """For a named port: whether the port it reads from still exists (always True for virtual)."""
@@ -162,6 +176,7 @@ class RtMidiInput:
             self._poller = None
         if self._sysex_ender is not None:
             self._sysex_ender.close(server_died=server_died)
+            self._closed_cuts += self._sysex_ender.cuts
             self._sysex_ender = None
         if self._midi_in is not None:
             try:
@@ -190,13 +205,9 @@ class ClockInput:
             self.name = f"{client_name}:in"
         else:
             self.name = system.open_named_port(self._midi_in, port, "MIDI clock source", "in")
-        self._sysex_ender = SysexEnder.for_input(api, client_name)
-        nudge = self._sysex_ender.nudge if self._sysex_ender is not None else None
-        self._poller = MidiPoller(self._midi_in, self._handle, self.name, nudge=nudge)
+        self._poller, self._sysex_ender = poll_input(self._midi_in, self._handle, self.name, api, client_name)
 
     def _handle(self, t: float, message: list[int]) -> None:
-        if is_sysex_end(message):
-            return
         with self._lock:
             self.follower.handle(t, message)
 
