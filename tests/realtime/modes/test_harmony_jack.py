@@ -157,7 +157,7 @@ def follow_the_chords(model_dir, record) -> tuple[Daemon, list, float]:
         drums = subprocess.Popen([sys.executable, "-c", DRUM_MACHINE, str(now() + 1.0), "51", str(BPM), str(BPM)],
                                  stdout=subprocess.PIPE, text=True)
         late = play_at_beats(musician, daemon.session.timebase, events)
-        seen.append(daemon.session.band_status()["harmony"])
+        seen.append(daemon.session.band_status())
         drums.communicate(timeout=25)
         time.sleep(0.2)
     finally:
@@ -181,17 +181,21 @@ def test_following_the_chords_played_the_parts_take_them_from_the_next_beat_and_
     harmony = daemon.session.harmony
     named = [chord.symbol for _, chord in harmony.tracked]
     assert named[:4] == ["Dm7", "G7", "Cmaj7", "A7"], named
-    assert seen[0]["mode"] == "follow" and seen[0]["tracked_chord"] == "A7"
+    assert seen[0]["harmony"]["mode"] == "follow" and seen[0]["harmony"]["tracked_chord"] == "A7"
     # The bass from the beat after each chord was heard: chord tones on the span starts and strong beats.
     on_time = [(beat, pitch) for beat, part, pitch in daemon.part_notes if part == "bass"]
     # A note on the first beat a chord is known was committed (a beat ahead) before it was heard: the parts
     # take a heard chord from the next beat, so those notes are measured from the beat after.
     starts = [start for start, _ in harmony.tracked]
-    strong = [(beat, pitch) for beat, pitch in on_time if beat % 2 < ONSET_TOLERANCE and beat >= 6
+    # A strong beat's note may read a little early as well as late (the beat map follows the drum machine's
+    # clock, which a loaded machine jitters): within ONSET_TOLERANCE either side.
+    strong = [(beat, pitch) for beat, pitch in on_time
+              if min(beat % 2, 2 - beat % 2) < ONSET_TOLERANCE and beat >= 6 - ONSET_TOLERANCE
               and not any(start - ONSET_TOLERANCE <= beat < start + 1 - ONSET_TOLERANCE for start in starts)]
     fits = [pitch % 12 in harmony.chord_at(beat)[0].tones for beat, pitch in strong]
     print(f"\nfollow: chords named {named}; bass on strong beats {sum(fits)}/{len(fits)} chord tones")
-    assert fits and sum(fits) / len(fits) >= 0.85
+    # (A loop run once judged no bass note at all: the message says what the bass played and the band's state.)
+    assert fits and sum(fits) / len(fits) >= 0.85, (on_time, seen[0].get("telemetry"))
     markers = [m.text for track in mido.MidiFile(record).tracks for m in track if m.type == "marker"]
     assert markers[:4] == ["chord Dm7", "chord G7", "chord Cmaj7", "chord A7"], markers
 
