@@ -344,16 +344,22 @@ def _figures(args, server, started_rss, minutes, musician, heard, crashed, exit_
 
 
 def _answers(phrases: list[tuple[float, float]], ons: list) -> dict:
-    """Per call: note-ons heard between its last release and the next call, and when the first came."""
-    counts, latency = [], []
-    for i, (_, last) in enumerate(phrases):
+    """Per call: note-ons heard between its last release and the next call, and when the first came (with each
+    call's own figures: which call went unanswered, and whether its answer had run into the next call)."""
+    counts, latency, per_call = [], [], []
+    origin = phrases[0][0] if phrases else 0.0
+    for i, (first, last) in enumerate(phrases):
         until = phrases[i + 1][0] if i + 1 < len(phrases) else float("inf")
         times = [t for t, _ in ons if last <= t < until]
         counts.append(len(times))
         if times:
             latency.append((times[0] - last) * 1e3)
+        per_call.append({"at_s": round(first - origin, 3), "length_s": round(last - first, 3), "notes": len(times),
+                         "first_note_ms": round((times[0] - last) * 1e3, 1) if times else None,
+                         "notes_during_call": sum(1 for t, _ in ons if first <= t < last)})
     return {
         "phrases": len(phrases), "answered": sum(c > 0 for c in counts),
         "notes_per_answer": _percentiles([float(c) for c in counts]),
         "first_note_after_call_ms": _percentiles(latency),
+        "per_call": per_call,
     }

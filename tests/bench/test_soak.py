@@ -35,6 +35,7 @@ def test_a_short_soak_in_call_mode_reports_memory_answers_lateness_and_no_hangin
     # On failure: the figures, and the daemon's log (held up, delayed or cut answers say why one was missed).
     log_tail = (tmp_path / "daemon.log").read_text()[-3000:]
     assert answers["phrases"] >= 7 and answers["answered"] >= answers["phrases"] - 1, (answers, log_tail)
+    assert [call["notes"] > 0 for call in answers["per_call"]].count(True) == answers["answered"]
     assert answers["notes_per_answer"]["p50"] >= 1
     lateness = report["lateness_ms"]["scheduler_sent_minus_due"]
     assert lateness["n"] > 0 and lateness["p99"] is not None
