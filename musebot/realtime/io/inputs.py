@@ -82,6 +82,12 @@ class SysexEnder:
         self._sent_at = None
 
     def close(self, server_died: bool = False) -> None:
+        """Close the companion client: after its input's client, so that its port is connected to nothing when
+        it is unregistered. JACK2's ``JackPort::Release`` marks a port an input before it marks it unused, and
+        a process thread reading the port in that moment (RtMidi's ``jackProcessOut``, every cycle) follows its
+        connection to the input and back, for ever: a stack overflow (SIGSEGV), once in nine loop runs of 200
+        closes under a flood (a core dump, 2026-12-04; ``JackGraphManager::GetBuffer``). Unconnected, the
+        moment reads as an input with no connection: an empty buffer."""
         try:
             system.close_client(self._out, server_died=server_died)
         except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
@@ -174,16 +180,16 @@ class RtMidiInput:
         if self._poller is not None:
             self._poller.stop()
             self._poller = None
-        if self._sysex_ender is not None:
-            self._sysex_ender.close(server_died=server_died)
-            self._closed_cuts += self._sysex_ender.cuts
-            self._sysex_ender = None
         if self._midi_in is not None:
             try:
                 system.close_client(self._midi_in, server_died=server_died)
             except Exception as exc:  # noqa: BLE001 - a client of a dead server cannot be closed cleanly
                 log.debug("closing input %s: %s", self.name, exc)
             self._midi_in = None
+        if self._sysex_ender is not None:  # after the input (SysexEnder.close)
+            self._sysex_ender.close(server_died=server_died)
+            self._closed_cuts += self._sysex_ender.cuts
+            self._sysex_ender = None
 
 
 class ClockInput:
@@ -218,9 +224,9 @@ class ClockInput:
 
     def close(self) -> None:
         self._poller.stop()
-        if self._sysex_ender is not None:
-            self._sysex_ender.close()
         try:
             system.close_client(self._midi_in)
         except Exception as exc:  # noqa: BLE001
             log.debug("closing clock input: %s", exc)
+        if self._sysex_ender is not None:  # after the input (SysexEnder.close)
+            self._sysex_ender.close()
