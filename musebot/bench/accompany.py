@@ -129,7 +129,7 @@ def run_accompany_bench(args: argparse.Namespace) -> dict:
     if not 0.05 <= args.minutes <= 120:
         raise ValueError("--minutes must be 0.05..120")
     model = args.model or _shipped_model()
-    with ports.benchmark_jack(args.jack_server, "musebot-bench-accompany", sync=True) as server:
+    with ports.benchmark_jack(args.jack_server, "musebot-bench-accompany") as server:
         return _measure(args, model, server)
 
 

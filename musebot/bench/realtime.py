@@ -206,7 +206,7 @@ def run_realtime_bench(args: argparse.Namespace) -> dict:
         raise ValueError("--notes must be at least 1000")
     # The private server is synchronous (start_dummy_jack): asynchronous, it dropped the MIDI of clients a
     # loaded VM froze (a loop run received 271 of 300 thru notes), a figure of the machine, not of musebot.
-    with ports.benchmark_jack(getattr(args, "jack_server", None), "musebot-bench", sync=True) as server:
+    with ports.benchmark_jack(getattr(args, "jack_server", None), "musebot-bench") as server:
         figures = {
             "jack": {"server": server, "driver": "dummy", "rate": 48000, "period": 64, "hop_ms": 1.333},
             "scheduling": bench_scheduling(args.notes),

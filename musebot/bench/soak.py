@@ -225,7 +225,7 @@ def run_soak(args: argparse.Namespace) -> dict:
         raise ValueError("--minutes must be 0.1..1440")
     # Synchronous: the soak counts answers, and an asynchronous dummy JACK on a shared VM drops the MIDI of
     # cycles its clients miss (a lost note-off held a key, so calls went unanswered for the held-key timeout).
-    with ports.benchmark_jack(None, f"musebot-soak-{args.mode}", sync=True) as server:
+    with ports.benchmark_jack(None, f"musebot-soak-{args.mode}") as server:
         return _soak(args, server)
 
 

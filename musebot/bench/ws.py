@@ -155,7 +155,7 @@ def run_ws_bench(args: argparse.Namespace) -> dict:
     """Start a private JACK server (unless ``--jack-server``), measure both paths, stop it."""
     # Synchronous, as the tests' servers and the soak's: an asynchronous dummy JACK on a shared VM misses
     # cycles, and a client that misses one loses its MIDI (an answer counted missing in a CI run).
-    with ports.benchmark_jack(getattr(args, "jack_server", None), "musebot-bench-ws", sync=True) as server:
+    with ports.benchmark_jack(getattr(args, "jack_server", None), "musebot-bench-ws") as server:
         return {"jack": {"server": server, "driver": "dummy", "rate": 48000, "period": 64,
                          "sync": getattr(args, "jack_server", None) is None},
                 "ws_vs_midi": bench_paths(getattr(args, "rounds", 100))}

@@ -267,10 +267,11 @@ def stop_dummy_jack(process, server: str, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def benchmark_jack(server: str | None, prefix: str, sync: bool = False):
+def benchmark_jack(server: str | None, prefix: str):
     """The JACK server a benchmark talks to: ``server`` when given (already running), else a private dummy
-    one named ``prefix-PID`` for the duration (synchronous with ``sync``: :func:`start_dummy_jack`). JACK
-    clients made inside connect to it alone (the environment names it and forbids starting another); the
+    one named ``prefix-PID`` for the duration, synchronous (:func:`start_dummy_jack`: benchmarks count messages,
+    and an asynchronous server drops those of a client a loaded machine held past a cycle). JACK clients made
+    inside connect to it alone (the environment names it and forbids starting another); the
     environment is restored on the way out."""
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
     os.environ["JACK_NO_START_SERVER"] = "1"
@@ -278,7 +279,7 @@ def benchmark_jack(server: str | None, prefix: str, sync: bool = False):
     try:
         if server is None:
             server = f"{prefix}-{os.getpid()}"
-            process = start_dummy_jack(server, sync=sync)
+            process = start_dummy_jack(server, sync=True)
         os.environ["JACK_DEFAULT_SERVER"] = server
         yield server
     finally:
