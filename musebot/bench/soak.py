@@ -302,7 +302,6 @@ def _minute(pid: int, api_port: int, ear: Ear, start: float, at: float, minute: 
         "dropped_late": telemetry.get("dropped_late"),
         "scheduling_error_ms": telemetry.get("scheduling_error_ms"),
         "headroom": generation.get("headroom"),
-        "heap": telemetry.get("heap"),  # the C heap's trims (``realtime/malloc.py``)
     }
 
 
@@ -336,7 +335,6 @@ def _figures(args, server, started_rss, minutes, musician, heard, crashed, exit_
             "late": last.get("late"), "dropped_late": last.get("dropped_late"), "sent": last.get("sent"),
         },
         "headroom": last.get("headroom"),
-        "heap": last.get("heap"),
         "hanging_notes": [list(key) for key in hanging_notes(heard)],
         "per_minute": minutes,
     }

@@ -6,8 +6,7 @@ Threads (each talks to the others through queues or locked objects):
 * the listener: pulls the queue, runs :class:`~musebot.realtime.modes.call.Duet`, ticks its clock;
 * the scheduler: sends timed messages (``scheduler.py``);
 * the engine worker (model answers only, ``worker.py``);
-* the health monitor: notices a JACK server that died, a named port that vanished, and reopens them; it
-  also gives the C heap's free pages back to the system now and then (``malloc.py``);
+* the health monitor: notices a JACK server that died, a named port that vanished, and reopens them;
 * the main thread: waits for SIGINT/SIGTERM, then panics and closes everything.
 
 Every way out (signal, exception, port loss, server death) goes through a panic, so no note is left hanging.
@@ -22,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from musebot.realtime import heap, malloc
+from musebot.realtime import heap
 from musebot.realtime.clock import now
 from musebot.realtime.config import ServeConfig
 from musebot.realtime.errors import PortNotFoundError, RealtimeError
@@ -126,7 +125,6 @@ class Daemon:
         self.started_at = now()
         self.log_limiter: LogLimiter | None = None  # on the real-time loggers while serving
         self._heap_frozen = False  # whether start() froze the heap (``heap.freeze``) and close() must release it
-        self.trimmer = malloc.Trimmer()  # gives the C heap's free pages back, from the health thread
         try:
             self._open_outputs()
             self._open_input()
@@ -193,7 +191,6 @@ class Daemon:
         self.log_limiter.install()
         heap.freeze()  # what is alive now stays alive: no full collection walks it while the music plays
         self._heap_frozen = True
-        malloc.cap_arenas()  # before the daemon's threads start: they share two C-heap arenas (``malloc.py``)
         self.scheduler.start()
         self.session.started()  # raises the scheduler thread's priority
         for target, name in ((self._listen, "musebot-listener"), (self._watch, "musebot-health")):
@@ -338,7 +335,6 @@ class Daemon:
         while not self.stop_event.wait(HEALTH_PERIOD_S):
             try:
                 self.check_health()
-                self.trimmer.tick()
             except Exception:
                 log.exception("health monitor: unexpected error")
 

@@ -105,7 +105,6 @@ class Control:
                 "counts": dict(session.counts),
                 "network_input_dropped": self.network_input_dropped,
                 "overflows": d.overflows(),
-                "heap": d.trimmer.figures(),
             },
             "clients": clients or {"observers": 0, "performer": False},
             "band": session.band_status(),

@@ -5,7 +5,6 @@ notes (none: every note-on heard got its note-off after SIGTERM)."""
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 
@@ -42,8 +41,6 @@ def test_a_short_soak_in_call_mode_reports_memory_answers_lateness_and_no_hangin
     assert lateness["n"] > 0 and lateness["p99"] is not None
     assert report["headroom"] is not None and report["headroom"] > 1
     assert report["hanging_notes"] == []
-    # The daemon gave its C heap's free pages back every 10 s (glibc; ``realtime/malloc.py``).
-    assert report["heap"]["heap_trims"] >= (2 if platform.libc_ver()[0] == "glibc" else 0)
     assert report["musician_notes"] >= 4 * answers["phrases"]
 
 

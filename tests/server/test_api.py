@@ -52,7 +52,6 @@ def test_status_gives_mode_tempo_model_and_the_schedulers_telemetry(daemon, perf
     assert 0 <= telemetry["scheduling_error_ms"]["p50"] <= telemetry["scheduling_error_ms"]["p99"]
     assert telemetry["late"] >= 0 and telemetry["dropped_late"] >= 0
     assert telemetry["counts"]["answers"] >= 1
-    assert telemetry["heap"]["heap_trims"] >= 0 and telemetry["heap"]["heap_trim_longest_ms"] >= 0
     assert body["clients"] == {"observers": 1, "performer": True}
 
 
