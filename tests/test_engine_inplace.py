@@ -201,6 +201,7 @@ def test_a_reserved_engine_never_reallocates_its_cache_or_history_and_answers_al
     reserved.reserve(96)
     assert reserved.n_events == 0 and reserved._past.capacity == 96
     rows_buffer = reserved._history._rows
+    cache, cache_buffers = reserved._past, [id(a) for a in reserved._past.arrays]
     for n in (1, 40, 64):
         for engine in (plain, reserved):
             engine.reset()
@@ -209,6 +210,8 @@ def test_a_reserved_engine_never_reallocates_its_cache_or_history_and_answers_al
         again = reserved.generate(24, WIDE, NO_EOS, np.random.default_rng(n))
         np.testing.assert_array_equal(first, again)
         assert reserved._past.capacity == 96 and reserved._history._rows is rows_buffer
+        # Resets empty the same cache (its buffers and IO binding): nothing is allocated per reset.
+        assert reserved._past is cache and [id(a) for a in cache.arrays] == cache_buffers
     np.testing.assert_allclose(reserved._history.hidden, reserved.hidden_uncached(reserved.rows), atol=TOL)
     reserved.reset()
     reserved.append(prompt)

@@ -40,7 +40,7 @@ def bench_scheduling(n_notes: int, spacing_s: float = 0.004) -> dict:
     api = ports.api_id("jack")
     out = RtMidiOutput(api, "bench-sched", "out", virtual=True)
     probe = Probe("bench-sched:out")
-    sched = Scheduler(late_s=0.002, drop_late_s=1.0)
+    sched = Scheduler(late_s=0.002, drop_late_s=1.0, errors_kept=2 * n_notes)  # every message
     due_of: dict[tuple[int, int], float] = {}
     try:
         sched.start()

@@ -262,7 +262,7 @@ class Engine:
         else:
             self._history = _History()
             self._history._reserve(self.reserved)
-        self._past = self.runner.empty(self.runner.base_shape, 1)
+        self._past = self.runner.cleared(self._past, 1)  # the same buffers, when they fit
         self._ctx_start, self._pinned = 0, False
 
     # ---- event model ----------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ class Engine:
             pin = False
             context = history[:, start:]
         self._ctx_start, self._pinned = start, pin
-        self._past = self.runner.empty(self.runner.base_shape, self.batch)
+        self._past = self.runner.cleared(self._past, self.batch)
         if n_events == 0:
             return
         log.debug("context refill: %d events from history row %d (BOS pinned: %s)", context.shape[1], start, pin)

@@ -76,6 +76,10 @@ class CpuRunner:
     def empty(self, shape: GraphShape, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, shape.heads, 0, shape.head_dim), shape.dtype)] * (2 * shape.layers)
 
+    def cleared(self, past: list, batch: int) -> list:
+        """An empty event-model cache for ``batch`` branches, in place of ``past`` (which is let go)."""
+        return self.empty(self.base_shape, batch)
+
     def run_base(self, x: np.ndarray, past: list) -> tuple[np.ndarray, list]:
         feeds = dict(zip(self.base_past_names, past))
         feeds["x"] = x

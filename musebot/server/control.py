@@ -81,7 +81,7 @@ class Control:
         p50/p99 = ``sent - due`` of the latest sent messages, late and dropped notes, generation headroom)."""
         d = self.daemon
         stats = d.scheduler.stats
-        errors = _snapshot(stats.errors)[-20_000:]
+        errors = _snapshot(stats.errors)
         error_ms = {"n": len(errors), "p50": None, "p99": None}
         if errors:
             p50, p99 = np.percentile(np.asarray(errors) * 1e3, [50, 99])

@@ -53,6 +53,9 @@ LOOPER_CONTROLS = {"looper.clear_bass": 85, "looper.clear_chords": 86, "looper.c
 DECIDE_BEATS = 0.5  # the next bar is chosen this long before it starts
 TIE = 0.05  # interplay distances closer than this count as equal
 CONTEXT_BARS = 4  # bars of the session the generator's context holds
+# The engine's reservation: BOS, CONTEXT_BARS bars of the musician and the parts, and a bar being generated
+# (at most 64 events a part); a busier context grows the cache past it, as before.
+RESERVED_EVENTS = 768
 
 
 @dataclass
@@ -289,6 +292,9 @@ class BarGenerator:
 
         self.engine = engine
         self.looper = looper
+        # Sized once for the longest bar's context (and ONNX Runtime's arena warmed): each bar then resets
+        # and refills the same cache instead of growing a new one by doubling.
+        engine.reserve(RESERVED_EVENTS)
         self.tokenizer = MIDITokenizer.from_dict(engine.config["tokenizer"])
         cfg = looper.config
         self.sampler = SamplerSettings(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,13 @@ from musebot.realtime.constraints import DEFAULT_PARTS
 from musebot.realtime.io.outputs import MemoryOutput
 from musebot.realtime.modes import make_session
 from musebot.realtime.modes.band import BandConfig
-from musebot.realtime.modes.looper import LOOPER_CONTROLS, fit_register, transposition
+from musebot.realtime.modes.looper import LOOPER_CONTROLS, RESERVED_EVENTS, fit_register, transposition
 from musebot.realtime.scheduler import Scheduler
 from tests._jack import hanging_notes
 from tests._realtime_fixtures import exported_reference_model
 
 BPM = 300  # a 4/4 bar lasts 0.8 s
+SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "musebot" / "assets" / "model"
 BASS_LINE = [36, 43, 40, 43]
 MELODY = [72, 74, 76, 77, 79, 77, 76, 74]
 CHORD = [60, 64, 67]
@@ -124,6 +126,21 @@ def test_a_musician_playing_bass_and_chords_at_once_gets_the_melody_only(schedul
     generated = heard_in_bar(band, out, melody.channel, 1)
     assert band.counts["generated"] >= 1 and generated  # no melody was recorded: the model wrote one
     assert all(melody.low <= p <= melody.high for p in generated)
+
+
+def test_the_generator_writes_every_bar_in_the_cache_it_reserved_at_the_start(scheduler):
+    # The shipped model's in-place engine: a new cache per bar (grown by doubling) left the C heap
+    # fragmented, and the looper grew ~13 MB in an hour's soak.
+    out = MemoryOutput()
+    band = looper(scheduler, out, model=str(SHIPPED_MODEL))
+    engine = band.generator.engine
+    cache, buffers = engine._past, [id(a) for a in engine._past.arrays]
+    assert cache.capacity >= RESERVED_EVENTS
+    perform(band, chord_bar(0, low=36) + chord_bar(1, low=41) + chord_bar(2, low=43), until_beat=12.2)
+    band.panic(now(), "test over")
+    band.close()
+    assert band.counts["generated"] >= 2
+    assert engine._past is cache and [id(a) for a in cache.arrays] == buffers
 
 
 def test_controllers_clear_a_role_freeze_the_loops_and_switch_to_generation(scheduler, model_dir):
